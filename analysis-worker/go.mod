@@ -1,0 +1,3 @@
+module github.com/sluicehq/sluice/analysis-worker
+
+go 1.26

@@ -1,0 +1,3 @@
+module github.com/sluicehq/sluice/bench
+
+go 1.26

@@ -1,0 +1,107 @@
+// Package rollout defines a rollout's desired change (Spec), its observable
+// state (Status) and the validation of specs.
+//
+// Field paths in validation errors use the protobuf field names of the public
+// API (for example "spec.strategy.canary.steps[2].set_weight"), so a user sees
+// the same path whether an error came from annotations or from this package.
+package rollout
+
+import (
+	"time"
+
+	"github.com/sluicehq/sluice/core/route"
+)
+
+// Spec is what a user asks for: move Service, on the agents matching
+// Selector, from StableRevision to CandidateRevision following Strategy.
+// A Spec is immutable once a rollout is created.
+type Spec struct {
+	// ID names the rollout; it is the idempotency key of creation.
+	ID string `json:"id"`
+	// Service is the service name agents front.
+	Service string `json:"service"`
+	// Selector restricts the rollout to agents whose labels contain every
+	// key=value pair. Empty selects every agent fronting Service.
+	Selector map[string]string `json:"selector,omitempty"`
+	// StableRevision is what serves today: name@sha256:<digest>.
+	StableRevision string `json:"stableRevision"`
+	// CandidateRevision is the revision being rolled out.
+	CandidateRevision string `json:"candidateRevision"`
+	// Strategy says how traffic moves. Exactly one member is set.
+	Strategy Strategy `json:"strategy"`
+	// CreatedBy is the identity the client declares (until authentication exists).
+	CreatedBy string `json:"createdBy,omitempty"`
+}
+
+// Strategy is a one-of: exactly one field is non-nil. Blue-green and rolling
+// strategies join Canary here.
+type Strategy struct {
+	Canary *Canary `json:"canary,omitempty"`
+}
+
+// Canary shifts a percentage of requests to the candidate step by step.
+type Canary struct {
+	// Steps run in order; after the last step the candidate gets 100 %.
+	Steps []Step `json:"steps"`
+	// Sticky, when set, assigns each user to one revision by consistent
+	// hashing of a header or cookie value, so raising the weight only ever
+	// moves users from stable to candidate.
+	Sticky *Match `json:"sticky,omitempty"`
+	// ProgressDeadline bounds each step that changes traffic when the step
+	// does not set its own; zero means DefaultProgressDeadline.
+	ProgressDeadline time.Duration `json:"progressDeadline,omitempty"`
+}
+
+// DefaultProgressDeadline is the time agents get to apply a step.
+const DefaultProgressDeadline = 30 * time.Second
+
+// Step is a one-of: exactly one of SetWeight, Pause, SetHeaderRoute is set.
+type Step struct {
+	// SetWeight sends this percentage (0–100) of requests to the candidate.
+	SetWeight *int32 `json:"setWeight,omitempty"`
+	// Pause waits for Duration, or until promoted when Duration is zero.
+	Pause *Pause `json:"pause,omitempty"`
+	// SetHeaderRoute sends requests matching a header or cookie to the
+	// candidate whatever the weight (internal testers, A/B).
+	SetHeaderRoute *HeaderRoute `json:"setHeaderRoute,omitempty"`
+	// ProgressDeadline overrides Canary.ProgressDeadline for this step.
+	ProgressDeadline time.Duration `json:"progressDeadline,omitempty"`
+}
+
+// Pause is a timed or indefinite pause.
+type Pause struct {
+	// Duration of the pause; zero pauses until promoted.
+	Duration time.Duration `json:"duration,omitempty"`
+}
+
+// Match names a request header or cookie; exactly one is set.
+type Match = route.Match
+
+// HeaderRoute routes requests whose header or cookie matches to the candidate.
+// Name identifies the route (a later step with the same name replaces it);
+// exactly one of Exact and Prefix is set.
+type HeaderRoute = route.RequestMatch
+
+// StepKind names a step's kind for messages.
+func (s Step) Kind() string {
+	switch {
+	case s.SetWeight != nil:
+		return "setWeight"
+	case s.Pause != nil:
+		return "pause"
+	case s.SetHeaderRoute != nil:
+		return "setHeaderRoute"
+	}
+	return "unknown"
+}
+
+// Deadline is the step's effective progress deadline.
+func (c *Canary) Deadline(i int) time.Duration {
+	if i >= 0 && i < len(c.Steps) && c.Steps[i].ProgressDeadline > 0 {
+		return c.Steps[i].ProgressDeadline
+	}
+	if c.ProgressDeadline > 0 {
+		return c.ProgressDeadline
+	}
+	return DefaultProgressDeadline
+}

@@ -1,0 +1,185 @@
+package rollout
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/sluicehq/sluice/core/revision"
+)
+
+// FieldError is one invalid field, named by its API path.
+type FieldError struct {
+	Path    string
+	Message string
+}
+
+func (e FieldError) Error() string { return e.Path + ": " + e.Message }
+
+// ValidationError lists every invalid field of a spec.
+type ValidationError struct {
+	Fields []FieldError
+}
+
+func (e *ValidationError) Error() string {
+	parts := make([]string, len(e.Fields))
+	for i, f := range e.Fields {
+		parts[i] = f.Error()
+	}
+	return "invalid rollout spec: " + strings.Join(parts, "; ")
+}
+
+func (e *ValidationError) add(path, format string, args ...any) {
+	e.Fields = append(e.Fields, FieldError{Path: path, Message: fmt.Sprintf(format, args...)})
+}
+
+var (
+	nameRE       = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	labelKeyRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62}[A-Za-z0-9])?$`)
+	labelValueRE = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$`)
+	headerRE     = regexp.MustCompile(`^[A-Za-z0-9!#$%&'*+.^_|~-]{1,128}$`)
+)
+
+// Limits on a spec.
+const (
+	MaxSteps    = 100
+	MaxDeadline = 24 * time.Hour
+	MaxPause    = 7 * 24 * time.Hour
+)
+
+// ValidName reports whether s is usable as a rollout id or service name: a
+// DNS label (lower-case alphanumerics and '-', at most 63 characters).
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+// Validate checks every field of s and returns a *ValidationError naming
+// each invalid one, or nil. prefix is prepended to paths (e.g. "spec").
+func Validate(s Spec, prefix string) error {
+	p := func(field string) string {
+		if prefix == "" {
+			return field
+		}
+		return prefix + "." + field
+	}
+	ve := &ValidationError{}
+	if !ValidName(s.ID) {
+		ve.add(p("id"), "must be a DNS label: lower-case letters, digits and '-', 1-63 characters, got %q", s.ID)
+	}
+	if !ValidName(s.Service) {
+		ve.add(p("service"), "must be a DNS label: lower-case letters, digits and '-', 1-63 characters, got %q", s.Service)
+	}
+	for k, v := range s.Selector {
+		if !labelKeyRE.MatchString(k) {
+			ve.add(p("selector"), "label key %q is not a valid label key", k)
+		}
+		if !labelValueRE.MatchString(v) {
+			ve.add(p("selector["+k+"]"), "label value %q is not a valid label value", v)
+		}
+	}
+	stable, errS := revision.Parse(s.StableRevision)
+	if errS != nil {
+		ve.add(p("stable_revision"), "%v", errS)
+	}
+	cand, errC := revision.Parse(s.CandidateRevision)
+	if errC != nil {
+		ve.add(p("candidate_revision"), "%v", errC)
+	}
+	if errS == nil && errC == nil && stable == cand {
+		ve.add(p("candidate_revision"), "equals stable_revision: nothing to roll out")
+	}
+	n := 0
+	if s.Strategy.Canary != nil {
+		n++
+		validateCanary(ve, p("strategy.canary"), s.Strategy.Canary)
+	}
+	if n != 1 {
+		ve.add(p("strategy"), "exactly one strategy must be set (canary)")
+	}
+	if len(ve.Fields) == 0 {
+		return nil
+	}
+	return ve
+}
+
+func validateCanary(ve *ValidationError, path string, c *Canary) {
+	if len(c.Steps) > MaxSteps {
+		ve.add(path+".steps", "has %d steps, at most %d allowed", len(c.Steps), MaxSteps)
+	}
+	checkDeadline(ve, path+".progress_deadline", c.ProgressDeadline)
+	if c.Sticky != nil {
+		checkMatch(ve, path+".sticky", *c.Sticky)
+	}
+	routes := map[string]bool{}
+	for i, st := range c.Steps {
+		sp := fmt.Sprintf("%s.steps[%d]", path, i)
+		set := 0
+		if st.SetWeight != nil {
+			set++
+			if w := *st.SetWeight; w < 0 || w > 100 {
+				ve.add(sp+".set_weight", "must be between 0 and 100, got %d", w)
+			}
+		}
+		if st.Pause != nil {
+			set++
+			if d := st.Pause.Duration; d < 0 || d > MaxPause {
+				ve.add(sp+".pause.duration", "must be between 0 (until promoted) and %s, got %s", MaxPause, d)
+			}
+		}
+		if st.SetHeaderRoute != nil {
+			set++
+			hr := st.SetHeaderRoute
+			if !ValidName(hr.Name) {
+				ve.add(sp+".set_header_route.name", "must be a DNS label, got %q", hr.Name)
+			} else {
+				routes[hr.Name] = true
+			}
+			checkMatch(ve, sp+".set_header_route.match", hr.Match)
+			if (hr.Exact == "") == (hr.Prefix == "") {
+				ve.add(sp+".set_header_route", "exactly one of exact or prefix must be set")
+			}
+		}
+		if set != 1 {
+			ve.add(sp, "exactly one of set_weight, pause, set_header_route must be set, got %d", set)
+		}
+		checkDeadline(ve, sp+".progress_deadline", st.ProgressDeadline)
+	}
+}
+
+func checkMatch(ve *ValidationError, path string, m Match) {
+	if (m.Header == "") == (m.Cookie == "") {
+		ve.add(path, "exactly one of header or cookie must be set")
+		return
+	}
+	if m.Header != "" && !headerRE.MatchString(m.Header) {
+		ve.add(path+".header", "%q is not a valid header name", m.Header)
+	}
+	if m.Cookie != "" && !headerRE.MatchString(m.Cookie) {
+		ve.add(path+".cookie", "%q is not a valid cookie name", m.Cookie)
+	}
+}
+
+func checkDeadline(ve *ValidationError, path string, d time.Duration) {
+	if d < 0 || d > MaxDeadline {
+		ve.add(path, "must be between 0 (default) and %s, got %s", MaxDeadline, d)
+	}
+	if d > 0 && d < time.Second {
+		ve.add(path, "must be at least 1s, got %s", d)
+	}
+}
+
+// Hash returns a stable digest of the spec's content, used to tell an
+// idempotent retry of a create (same hash) from a conflicting one. CreatedBy
+// is not part of it: the same spec sent by another client is the same change.
+func (s Spec) Hash() string {
+	c := s
+	c.CreatedBy = ""
+	b, err := json.Marshal(c) // map keys are sorted by encoding/json
+	if err != nil {
+		panic(fmt.Sprintf("marshal spec: %v", err)) // plain data: cannot fail
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}

@@ -1,0 +1,3 @@
+module github.com/sluicehq/sluice/proto
+
+go 1.26

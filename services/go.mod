@@ -1,0 +1,3 @@
+module github.com/sluicehq/sluice/services
+
+go 1.26

@@ -1,0 +1,3 @@
+module github.com/sluicehq/sluice/workflows
+
+go 1.26
