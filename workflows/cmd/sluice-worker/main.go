@@ -1,0 +1,125 @@
+// Command sluice-worker runs rollout workflows and their activities.
+//
+// It connects to Temporal (the durable state of every rollout) and NATS (the
+// desired state agents watch), and serves /metrics, /healthz and /readyz.
+// Killing it mid-rollout loses nothing: another worker picks the workflow up
+// where it was.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.temporal.io/sdk/client"
+	tlog "go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/sluicehq/sluice/workflows/ops"
+	"github.com/sluicehq/sluice/workflows/rollout"
+	"github.com/sluicehq/sluice/workflows/store"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "sluice-worker:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	temporalAddr := flag.String("temporal", "127.0.0.1:7233", "Temporal frontend host:port")
+	namespace := flag.String("namespace", "default", "Temporal namespace")
+	natsURL := flag.String("nats", nats.DefaultURL, "NATS server URL")
+	httpAddr := flag.String("http", "127.0.0.1:9102", "address for /metrics, /healthz, /readyz")
+	level := flag.String("log-level", "info", "log level")
+	flag.Parse()
+
+	log := ops.Logger("worker", *level)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	nc, err := nats.Connect(*natsURL, nats.Name("sluice-worker"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	if err != nil {
+		return fmt.Errorf("connect to NATS: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("open JetStream: %w", err)
+	}
+	st, err := openStore(ctx, js, log)
+	if err != nil {
+		return err
+	}
+
+	tc, err := client.DialContext(ctx, client.Options{HostPort: *temporalAddr, Namespace: *namespace, Logger: tlog.NewStructuredLogger(log)})
+	if err != nil {
+		return fmt.Errorf("connect to Temporal at %s: %w", *temporalAddr, err)
+	}
+	defer tc.Close()
+
+	w := worker.New(tc, rollout.TaskQueue, worker.Options{})
+	w.RegisterWorkflowWithOptions(rollout.Workflow, workflow.RegisterOptions{Name: rollout.WorkflowName})
+	w.RegisterActivity(&rollout.Activities{Desired: st, Fleet: st, Status: st})
+
+	reg := ops.Registry()
+	mux := http.NewServeMux()
+	ops.Mount(mux, reg, map[string]ops.Check{
+		"nats": func(context.Context) error {
+			if !nc.IsConnected() {
+				return errors.New("not connected")
+			}
+			return nil
+		},
+		"temporal": func(ctx context.Context) error {
+			_, err := tc.CheckHealth(ctx, &client.CheckHealthRequest{})
+			return err
+		},
+	})
+	ln, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", *httpAddr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+
+	if err := w.Start(); err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
+	log.Info("worker started", "taskQueue", rollout.TaskQueue, "temporal", *temporalAddr, "nats", *natsURL, "http", ln.Addr().String())
+	<-ctx.Done()
+	w.Stop()
+	log.Info("worker stopped")
+	return nil
+}
+
+// openStore retries until NATS answers, so the worker can start before it.
+func openStore(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (*store.Store, error) {
+	for {
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := store.Open(octx, js)
+		cancel()
+		if err == nil {
+			return st, nil
+		}
+		log.Warn("open NATS buckets, retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}

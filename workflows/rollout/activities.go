@@ -1,0 +1,193 @@
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/sluicehq/sluice/core/fleet"
+	corerollout "github.com/sluicehq/sluice/core/rollout"
+	"github.com/sluicehq/sluice/core/route"
+)
+
+// DesiredWriter stores a service's desired routing state.
+type DesiredWriter interface {
+	// WriteDesired stores d unless a write of the same rollout with a larger
+	// Seq is already stored (then ErrSuperseded). It returns the generation
+	// agents will report; writing the same (rollout, seq) again returns the
+	// generation of the stored write.
+	WriteDesired(ctx context.Context, d route.Desired) (uint64, error)
+}
+
+// ErrSuperseded reports a write older than the stored one.
+var ErrSuperseded = errors.New("a newer desired state of this rollout is stored")
+
+// FleetWatcher follows agents' reports.
+type FleetWatcher interface {
+	// WatchAgents calls fn with the current reports, then after every
+	// change, until fn returns true or ctx ends.
+	WatchAgents(ctx context.Context, fn func(agents map[string]fleet.Agent) (done bool)) error
+}
+
+// StatusPublisher stores the record the API reads.
+type StatusPublisher interface {
+	PublishRecord(ctx context.Context, r corerollout.Record) error
+}
+
+// Activities are the rollout workflow's side effects. Fields are injected
+// from main (or tests).
+type Activities struct {
+	Desired DesiredWriter
+	Fleet   FleetWatcher
+	Status  StatusPublisher
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// ApplyInput asks for a desired state to be applied before Until.
+type ApplyInput struct {
+	Desired route.Desired
+	// Until is the step's absolute deadline, fixed when the step was
+	// scheduled, so retries do not extend it.
+	Until time.Time
+}
+
+// ApplyResult reports what agents confirmed.
+type ApplyResult struct {
+	Generation uint64
+	Agents     []string
+}
+
+// PublishInput carries the record to publish.
+type PublishInput struct {
+	Record corerollout.Record
+}
+
+func (a *Activities) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now()
+}
+
+// ApplyDesired writes the desired state and waits until every connected
+// agent that fronts the service and matches the selector reports the
+// written generation (or a later one). Errors: ErrTypeNoAgents when no
+// connected agent is selected, ErrTypeNotApplied naming the agents that did
+// not confirm by Until (or that refused, with their reason),
+// ErrTypeSuperseded when a newer write exists; all three are non-retryable.
+// NATS errors are returned as they are and retried by Temporal.
+func (a *Activities) ApplyDesired(ctx context.Context, in ApplyInput) (ApplyResult, error) {
+	d := in.Desired
+	gen, err := a.Desired.WriteDesired(ctx, d)
+	if errors.Is(err, ErrSuperseded) {
+		return ApplyResult{}, temporal.NewNonRetryableApplicationError(err.Error(), ErrTypeSuperseded, err)
+	}
+	if err != nil {
+		return ApplyResult{}, fmt.Errorf("write desired state of %s: %w", d.Service, err)
+	}
+	wctx, cancel := context.WithDeadline(ctx, in.Until)
+	defer cancel()
+
+	var expected, pending, refused []string
+	var progress atomic.Value // string: what the heartbeat reports
+	progress.Store(fmt.Sprintf("generation %d written", gen))
+	stopBeat := heartbeat(wctx, func() any { return progress.Load() })
+	defer stopBeat()
+
+	var expectedSet map[string]bool
+	err = a.Fleet.WatchAgents(wctx, func(agents map[string]fleet.Agent) bool {
+		now := a.now()
+		if expectedSet == nil {
+			expectedSet = map[string]bool{}
+			for id, ag := range agents {
+				if _, ok := ag.Service(d.Service); ok && !ag.Lost(now) && route.SelectorMatches(d.Selector, ag.Labels) {
+					expectedSet[id] = true
+				}
+			}
+			expected = sortedKeys(expectedSet)
+		}
+		pending, refused = pending[:0], refused[:0]
+		for _, id := range expected {
+			ag := agents[id]
+			svc, _ := ag.Service(d.Service)
+			switch {
+			case svc.Generation >= gen:
+			case svc.RejectedGeneration >= gen && svc.Error != "":
+				refused = append(refused, fmt.Sprintf("%s (%s)", id, svc.Error))
+			default:
+				pending = append(pending, id)
+			}
+		}
+		progress.Store(fmt.Sprintf("generation %d: %d of %d agents pending", gen, len(pending), len(expected)))
+		return len(pending) == 0
+	})
+	if len(expected) == 0 && err == nil {
+		msg := fmt.Sprintf("no connected agent fronts service %s with labels matching %q", d.Service, route.FormatSelector(d.Selector))
+		return ApplyResult{}, temporal.NewNonRetryableApplicationError(msg, ErrTypeNoAgents, nil)
+	}
+	if len(refused) > 0 {
+		msg := fmt.Sprintf("agents refused generation %d: %s", gen, strings.Join(refused, ", "))
+		return ApplyResult{}, temporal.NewNonRetryableApplicationError(msg, ErrTypeNotApplied, nil)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return ApplyResult{}, ctx.Err() // cancelled or the activity timed out: Temporal decides
+		}
+		if wctx.Err() != nil {
+			msg := fmt.Sprintf("agents %s did not apply generation %d of %s before the progress deadline", strings.Join(pending, ", "), gen, d.Service)
+			return ApplyResult{}, temporal.NewNonRetryableApplicationError(msg, ErrTypeNotApplied, nil)
+		}
+		return ApplyResult{}, fmt.Errorf("watch agents: %w", err)
+	}
+	return ApplyResult{Generation: gen, Agents: expected}, nil
+}
+
+// PublishStatus stores the rollout's record for the API.
+func (a *Activities) PublishStatus(ctx context.Context, in PublishInput) error {
+	if err := a.Status.PublishRecord(ctx, in.Record); err != nil {
+		return fmt.Errorf("publish status of %s: %w", in.Record.Spec.ID, err)
+	}
+	return nil
+}
+
+// heartbeat records a heartbeat every second until stopped, so a crashed
+// worker's activity is retried after the heartbeat timeout rather than
+// after the step deadline. The returned function stops it and waits.
+func heartbeat(ctx context.Context, details func() any) func() {
+	if !activity.IsActivity(ctx) {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				activity.RecordHeartbeat(ctx, details())
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
