@@ -34,6 +34,10 @@ const (
 	// ErrTypeSuperseded is the application error type when a newer write of
 	// the same rollout already replaced this one.
 	ErrTypeSuperseded = "Superseded"
+	// ErrTypeRefused is the application error type of an update the
+	// workflow refuses: another rollout's id, or a transition the rollout's
+	// state does not allow.
+	ErrTypeRefused = "Refused"
 	// ErrTypeNoAgents is the application error type when no connected agent
 	// is selected.
 	ErrTypeNoAgents = "NoAgents"

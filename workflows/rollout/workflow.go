@@ -65,17 +65,19 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 			func(ctx workflow.Context, req ControlRequest) (corerollout.Record, error) {
 				next, err := ev(req)(st, workflow.Now(ctx))
 				if err != nil {
-					return record(), err
+					return record(), temporal.NewApplicationError(err.Error(), ErrTypeRefused)
 				}
 				st = next
 				return record(), nil
 			},
 			workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, req ControlRequest) error {
 				if req.RolloutID != spec.ID {
-					return fmt.Errorf("rollout %q: %w (active: %q)", req.RolloutID, ErrWrongRollout, spec.ID)
+					return temporal.NewApplicationError(fmt.Sprintf("rollout %q: %v (active: %q)", req.RolloutID, ErrWrongRollout, spec.ID), ErrTypeRefused)
 				}
-				_, err := ev(req)(st, workflow.Now(ctx))
-				return err
+				if _, err := ev(req)(st, workflow.Now(ctx)); err != nil {
+					return temporal.NewApplicationError(err.Error(), ErrTypeRefused)
+				}
+				return nil
 			}},
 		)
 	}

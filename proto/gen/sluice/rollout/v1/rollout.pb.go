@@ -1806,13 +1806,15 @@ var File_sluice_rollout_v1_rollout_proto protoreflect.FileDescriptor
 
 const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\n" +
-	"\x1fsluice/rollout/v1/rollout.proto\x12\x11sluice.rollout.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x04\n" +
+	"\x1fsluice/rollout/v1/rollout.proto\x12\x11sluice.rollout.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\a\n" +
 	"\vRolloutSpec\x12:\n" +
 	"\x02id\x18\x01 \x01(\tB*\xbaH'r%\x10\x01\x18?2\x1f^[a-z0-9]([a-z0-9-]*[a-z0-9])?$R\x02id\x12D\n" +
 	"\aservice\x18\x02 \x01(\tB*\xbaH'r%\x10\x01\x18?2\x1f^[a-z0-9]([a-z0-9-]*[a-z0-9])?$R\aservice\x12R\n" +
-	"\bselector\x18\x03 \x03(\v2,.sluice.rollout.v1.RolloutSpec.SelectorEntryB\b\xbaH\x05\x9a\x01\x02\x10 R\bselector\x12K\n" +
-	"\x0fstable_revision\x18\x04 \x01(\tB\"\xbaH\x1fr\x1d2\x1b^[^@]+@sha256:[0-9a-f]{64}$R\x0estableRevision\x12Q\n" +
-	"\x12candidate_revision\x18\x05 \x01(\tB\"\xbaH\x1fr\x1d2\x1b^[^@]+@sha256:[0-9a-f]{64}$R\x11candidateRevision\x12?\n" +
+	"\bselector\x18\x03 \x03(\v2,.sluice.rollout.v1.RolloutSpec.SelectorEntryB\b\xbaH\x05\x9a\x01\x02\x10 R\bselector\x12\xfc\x01\n" +
+	"\x0fstable_revision\x18\x04 \x01(\tB\xd2\x01\xbaH\xce\x01\xba\x01\xca\x01\n" +
+	"\x12revision.immutable\x12umust be an immutable revision name@sha256:<64 lower-case hex>; tags such as app:latest or app:v2 move and are refused\x1a=this.matches('^[^@:]+(:[0-9]+/[^@:]+)?@sha256:[0-9a-f]{64}$')R\x0estableRevision\x12\x82\x02\n" +
+	"\x12candidate_revision\x18\x05 \x01(\tB\xd2\x01\xbaH\xce\x01\xba\x01\xca\x01\n" +
+	"\x12revision.immutable\x12umust be an immutable revision name@sha256:<64 lower-case hex>; tags such as app:latest or app:v2 move and are refused\x1a=this.matches('^[^@:]+(:[0-9]+/[^@:]+)?@sha256:[0-9a-f]{64}$')R\x11candidateRevision\x12?\n" +
 	"\bstrategy\x18\x06 \x01(\v2\x1b.sluice.rollout.v1.StrategyB\x06\xbaH\x03\xc8\x01\x01R\bstrategy\x12'\n" +
 	"\n" +
 	"created_by\x18\a \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\tcreatedBy\x1a;\n" +

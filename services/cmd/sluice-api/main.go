@@ -1,0 +1,111 @@
+// Command sluice-api serves Sluice's public API: RolloutService and
+// FleetService over Connect, gRPC and gRPC-Web on one h2c port, with gRPC
+// reflection (so `buf curl` can list and call it), plus /metrics, /healthz
+// and /readyz on the same port.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.temporal.io/sdk/client"
+	tlog "go.temporal.io/sdk/log"
+
+	"github.com/sluicehq/sluice/services/api"
+	"github.com/sluicehq/sluice/workflows/ops"
+	"github.com/sluicehq/sluice/workflows/store"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "sluice-api:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	listen := flag.String("listen", "127.0.0.1:8080", "address to serve the API on")
+	temporalAddr := flag.String("temporal", "127.0.0.1:7233", "Temporal frontend host:port")
+	namespace := flag.String("namespace", "default", "Temporal namespace")
+	natsURL := flag.String("nats", nats.DefaultURL, "NATS server URL")
+	level := flag.String("log-level", "info", "log level")
+	flag.Parse()
+
+	log := ops.Logger("api", *level)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	nc, err := nats.Connect(*natsURL, nats.Name("sluice-api"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	if err != nil {
+		return fmt.Errorf("connect to NATS: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("open JetStream: %w", err)
+	}
+	var st *store.Store
+	for {
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err = store.Open(octx, js)
+		cancel()
+		if err == nil {
+			break
+		}
+		log.Warn("open NATS buckets, retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	tc, err := client.DialContext(ctx, client.Options{HostPort: *temporalAddr, Namespace: *namespace, Logger: tlog.NewStructuredLogger(log)})
+	if err != nil {
+		return fmt.Errorf("connect to Temporal at %s: %w", *temporalAddr, err)
+	}
+	defer tc.Close()
+
+	mux := http.NewServeMux()
+	rh := &api.RolloutHandler{Records: st, Workflows: &api.TemporalWorkflows{Client: tc}, Log: log}
+	if err := api.Mount(mux, rh, &api.FleetHandler{Agents: st}); err != nil {
+		return err
+	}
+	ops.Mount(mux, ops.Registry(), map[string]ops.Check{
+		"nats": func(context.Context) error {
+			if !nc.IsConnected() {
+				return errors.New("not connected")
+			}
+			return nil
+		},
+		"temporal": func(ctx context.Context) error {
+			_, err := tc.CheckHealth(ctx, &client.CheckHealthRequest{})
+			return err
+		},
+	})
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", *listen, err)
+	}
+	srv := &http.Server{Handler: mux, Protocols: api.Protocols(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("api serving", "addr", ln.Addr().String(), "temporal", *temporalAddr, "nats", *natsURL)
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return srv.Shutdown(sctx)
+}
