@@ -1,0 +1,208 @@
+// Package proxy is the agent's data plane: a weighted L7 reverse proxy per
+// service that routes every request to one immutable revision.
+//
+// Routing is decided per request from an immutable compiled table reached
+// through an atomic pointer, so the hot path takes no lock; Apply builds a
+// new table and swaps it in, and requests in flight finish on the table and
+// upstream pools they started with. Precedence per request:
+//
+//  1. header routes: the first route whose header or cookie value matches
+//     (exact or prefix) picks its revision;
+//  2. sticky: when the desired state names a sticky header or cookie and
+//     the request carries a non-empty value, the value is hashed to a point
+//     in [0,10000) and the backends' cumulative weights, in their given
+//     order, decide;
+//  3. otherwise a deterministic smooth split driven by a request counter:
+//     among any N consecutive such requests a two-backend split gives the
+//     second backend within one request of N·weight/100.
+//
+// Within a revision, requests go round-robin over its upstream addresses.
+// A failed upstream connection answers 502 and is counted per revision.
+// Upgrade requests (websockets) and streamed bodies pass through.
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluicehq/sluice/core/route"
+)
+
+// RevisionHeader is set on every proxied response to the revision that
+// served it.
+const RevisionHeader = "X-Sluice-Revision"
+
+// Config describes one service's proxy.
+type Config struct {
+	// Service names the service; desired states for other services are
+	// rejected.
+	Service string
+	// Revisions maps each revision to its upstream host:port addresses.
+	Revisions map[string][]string
+	// Initial is served at 100 % until Apply succeeds.
+	Initial string
+	// Transport carries requests upstream; nil means NewTransport().
+	Transport http.RoundTripper
+	// Metrics records requests; nil records nothing.
+	Metrics *Metrics
+	// Logger receives upstream errors; nil discards.
+	Logger *slog.Logger
+}
+
+// Proxy routes one service's requests. It is safe for concurrent use.
+type Proxy struct {
+	service string
+	pools   map[string]*pool
+	revs    []string
+	table   atomic.Pointer[table]
+	log     *slog.Logger
+}
+
+// New builds the proxy serving cfg.Initial at 100 %.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Service == "" {
+		return nil, errors.New("proxy config has no service")
+	}
+	tr := cfg.Transport
+	if tr == nil {
+		tr = NewTransport()
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Proxy{service: cfg.Service, pools: map[string]*pool{}, log: log}
+	for rev, addrs := range cfg.Revisions {
+		pl, err := newPool(cfg.Service, rev, addrs, tr, cfg.Metrics, log)
+		if err != nil {
+			return nil, fmt.Errorf("proxy for %s: %w", cfg.Service, err)
+		}
+		p.pools[rev] = pl
+		p.revs = append(p.revs, rev)
+	}
+	slices.Sort(p.revs)
+	initial := route.Desired{Service: cfg.Service, Backends: []route.Backend{{Revision: cfg.Initial, Weight: 100}}}
+	if err := p.Apply(initial); err != nil {
+		return nil, fmt.Errorf("proxy for %s: initial revision: %w", cfg.Service, err)
+	}
+	return p, nil
+}
+
+// NewTransport returns the upstream transport: HTTP/1.1 with many idle
+// keep-alive connections per upstream, no transparent compression (bodies
+// pass through as the upstream encoded them) and no proxy from the
+// environment.
+func NewTransport() *http.Transport {
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		DialContext:           d.DialContext,
+		MaxIdleConns:          0,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+		WriteBufferSize:       32 << 10,
+		ReadBufferSize:        32 << 10,
+	}
+}
+
+// Service returns the service name.
+func (p *Proxy) Service() string { return p.service }
+
+// Revisions returns the revisions the proxy has upstreams for, sorted.
+func (p *Proxy) Revisions() []string { return slices.Clone(p.revs) }
+
+// Apply validates d and, when every revision it names has upstreams, makes
+// it the routing for all requests that start afterwards. On error the
+// previous routing stays in place. Apply is safe to call concurrently with
+// requests; concurrent Apply calls leave the last one to swap in effect.
+func (p *Proxy) Apply(d route.Desired) error {
+	t, err := compile(p.service, d, p.pools)
+	if err != nil {
+		return fmt.Errorf("apply routing for %s: %w", p.service, err)
+	}
+	p.table.Store(t)
+	return nil
+}
+
+// Applied returns a copy of the routing being served.
+func (p *Proxy) Applied() route.Desired { return cloneDesired(p.table.Load().desired) }
+
+// ServeHTTP routes r to one revision and proxies it.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.table.Load().pick(r).serve(w, r)
+}
+
+// pool is one revision's upstreams. Pools live as long as the proxy and are
+// shared by every table, so round-robin position survives applies.
+type pool struct {
+	revision string
+	targets  []*httputil.ReverseProxy
+	rr       counter
+	m        poolMetrics
+}
+
+func newPool(service, rev string, addrs []string, tr http.RoundTripper, m *Metrics, log *slog.Logger) (*pool, error) {
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("revision %s has no upstream addresses", rev)
+	}
+	pl := &pool{revision: rev, m: m.forRevision(service, rev)}
+	for _, a := range addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("revision %s: upstream %q: %w", rev, a, err)
+		}
+		u := &url.URL{Scheme: "http", Host: a}
+		pl.targets = append(pl.targets, &httputil.ReverseProxy{
+			Rewrite: func(pr *httputil.ProxyRequest) {
+				pr.SetURL(u)
+				pr.Out.Host = pr.In.Host // upstreams see the Host the client asked for
+				pr.SetXForwarded()
+			},
+			Transport:     tr,
+			FlushInterval: -1,
+			ModifyResponse: func(resp *http.Response) error {
+				resp.Header.Set(RevisionHeader, rev)
+				pl.m.response(resp.StatusCode)
+				return nil
+			},
+			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+				if r.Context().Err() != nil {
+					// The client went away; not the upstream's fault.
+					w.WriteHeader(http.StatusBadGateway)
+					return
+				}
+				pl.m.upstreamError()
+				log.Warn("upstream request failed", "service", service, "revision", rev, "upstream", a, "err", err)
+				w.Header().Set(RevisionHeader, rev)
+				w.WriteHeader(http.StatusBadGateway)
+			},
+		})
+	}
+	return pl, nil
+}
+
+func (pl *pool) serve(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	i := pl.rr.add() % uint64(len(pl.targets))
+	pl.targets[i].ServeHTTP(w, r)
+	pl.m.done(time.Since(start))
+}
+
+// counter is an atomic counter on its own cache line.
+type counter struct {
+	_ [64]byte
+	v atomic.Uint64
+	_ [56]byte
+}
+
+// add returns the counter's value before incrementing it.
+func (c *counter) add() uint64 { return c.v.Add(1) - 1 }
