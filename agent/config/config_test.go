@@ -88,7 +88,9 @@ func TestParseErrors(t *testing.T) {
 		{"bad admin", func(s string) string { return strings.Replace(s, "admin: 127.0.0.1:9101", "admin: localhost", 1) }, []string{"admin:"}},
 		{"no services", func(s string) string { return s[:strings.Index(s, "services:")] }, []string{"services: at least one"}},
 		{"bad service name", func(s string) string { return strings.Replace(s, "name: demo", "name: Demo_1", 1) }, []string{"services[0].name: must be a DNS label"}},
-		{"bad listen", func(s string) string { return strings.Replace(s, "listen: 127.0.0.1:8081", "listen: 127.0.0.1:http-ish", 1) }, []string{"services[0].listen"}},
+		{"bad listen", func(s string) string {
+			return strings.Replace(s, "listen: 127.0.0.1:8081", "listen: 127.0.0.1:http-ish", 1)
+		}, []string{"services[0].listen"}},
 		{"initial not a revision", func(s string) string {
 			return strings.Replace(s, `initial: "`+revA+`"`, `initial: "`+strings.Replace(revA, "a", "c", 1)+`"`, 1)
 		}, []string{"services[0].initial", "not one of"}},
