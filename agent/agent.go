@@ -247,7 +247,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.readyOK.Store(false)
-	a.log.Info("agent shutting down", "grace", a.grace)
+	a.log.Info("agent shutting down", "grace", a.grace.String())
 	stopLoop()
 	if !loopReturned {
 		if err := <-loopDone; err != nil && runErr == nil {
