@@ -30,7 +30,10 @@ func (t *TemporalWorkflows) Start(ctx context.Context, spec corerollout.Spec) er
 		TaskQueue:                wfrollout.TaskQueue,
 		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
-		Memo:                     map[string]any{wfrollout.MemoRolloutID: spec.ID, wfrollout.MemoSpecHash: spec.Hash()},
+		// Without this the SDK hands back the running execution as if it
+		// had been started, and two rollouts would share one workflow.
+		WorkflowExecutionErrorWhenAlreadyStarted: true,
+		Memo:                                     map[string]any{wfrollout.MemoRolloutID: spec.ID, wfrollout.MemoSpecHash: spec.Hash()},
 	}
 	_, err := t.Client.ExecuteWorkflow(ctx, opts, wfrollout.WorkflowName, wfrollout.Input{Spec: spec})
 	var started *serviceerror.WorkflowExecutionAlreadyStarted
