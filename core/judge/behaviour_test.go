@@ -24,21 +24,20 @@ func runScenario(t testing.TB, cfg Config, sc scenario, seed uint64) (Verdict, *
 	}
 	s := newStream(seed)
 	sc.setup(s)
-	var v Verdict
 	for sec := int64(0); sec < sc.seconds; sec++ {
 		mult := 1.0
 		if sc.perSecond != nil {
 			mult = sc.perSecond(s, sec)
 		}
-		v, err = j.Observe(s.row(sec, mult))
+		d, err := j.Observe(s.row(sec, mult))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if v.Decision == Abort {
+		if d == Abort {
 			break
 		}
 	}
-	return v, j
+	return j.Verdict(), j
 }
 
 // naiveMixture is the textbook test that assumes independent errors: the
@@ -322,11 +321,10 @@ func TestConfidenceSequenceCoversTheTruth(t *testing.T) {
 		missed := false
 		var f Finding
 		for sec := int64(0); sec < 600 && !missed; sec++ {
-			v, err := j.Observe(s.row(sec, 1))
-			if err != nil {
+			if _, err := j.Observe(s.row(sec, 1)); err != nil {
 				t.Fatal(err)
 			}
-			f = v.Findings[0]
+			f = j.Verdict().Findings[0]
 			if f.Lower > 2 || (f.Upper > 0 && f.Upper < 2) {
 				missed = true
 			}
@@ -390,8 +388,9 @@ func TestAbortExplanation(t *testing.T) {
 		}
 	}
 	before := j.Verdict().Findings[0]
-	after, err := j.Observe(s.row(sec+5, 1))
-	if err != nil || after.Decision != Abort || after.Findings[0] != before || after.Second != sec+5 {
+	d, err := j.Observe(s.row(sec+5, 1))
+	after := j.Verdict()
+	if err != nil || d != Abort || after.Decision != Abort || after.Findings[0] != before || after.Second != sec+5 {
 		t.Errorf("row after abort: err %v, decision %v, second %d, finding changed %v", err, after.Decision, after.Second, after.Findings[0] != before)
 	}
 }

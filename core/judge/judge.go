@@ -367,7 +367,8 @@ func build(s State) *Judge {
 // State returns a deep copy of the judge's state.
 func (j *Judge) State() State { return cloneState(j.s) }
 
-// Observe processes one second and returns the verdict after it.
+// Observe processes one second and returns the decision after it; Verdict
+// explains it. Observe does not allocate.
 //
 // Rows must come in increasing Second order; a row at or before the last
 // processed second returns ErrAlreadySeen (wrapped) and changes nothing,
@@ -375,12 +376,12 @@ func (j *Judge) State() State { return cloneState(j.s) }
 // more errors or slow requests than requests) returns an error and changes
 // nothing. After an Abort, rows are acknowledged (their second is recorded)
 // but no longer change the evidence.
-func (j *Judge) Observe(r Row) (Verdict, error) {
+func (j *Judge) Observe(r Row) (Decision, error) {
 	if j.s.Started && r.Second <= j.s.Last {
-		return j.verdict(), fmt.Errorf("observe second %d (last %d): %w", r.Second, j.s.Last, ErrAlreadySeen)
+		return j.s.Decision, fmt.Errorf("observe second %d (last %d): %w", r.Second, j.s.Last, ErrAlreadySeen)
 	}
 	if err := j.check(r); err != nil {
-		return j.verdict(), fmt.Errorf("observe second %d: %w", r.Second, err)
+		return j.s.Decision, fmt.Errorf("observe second %d: %w", r.Second, err)
 	}
 	if !j.s.Started {
 		j.s.Started = true
@@ -388,7 +389,7 @@ func (j *Judge) Observe(r Row) (Verdict, error) {
 	}
 	j.s.Last = r.Second
 	if j.s.Decision == Abort {
-		return j.verdict(), nil
+		return Abort, nil
 	}
 	j.s.CandidateRequests += r.Candidate.Requests
 	j.s.BaselineRequests += r.Baseline.Requests
@@ -400,25 +401,26 @@ func (j *Judge) Observe(r Row) (Verdict, error) {
 		}
 	}
 	j.decide(r.Second)
-	return j.verdict(), nil
+	return j.s.Decision, nil
 }
 
 func (j *Judge) check(r Row) error {
-	k := len(j.s.Config.Latency)
-	for _, side := range []struct {
-		name string
-		c    Counts
-	}{{"candidate", r.Candidate}, {"baseline", r.Baseline}} {
-		if side.c.Errors > side.c.Requests {
-			return fmt.Errorf("judge: %s has %d errors out of %d requests", side.name, side.c.Errors, side.c.Requests)
-		}
-		if len(side.c.Slow) != k {
-			return fmt.Errorf("judge: %s has %d slow counts, config has %d thresholds", side.name, len(side.c.Slow), k)
-		}
-		for i, s := range side.c.Slow {
-			if s > side.c.Requests {
-				return fmt.Errorf("judge: %s has %d slow requests (%s) out of %d", side.name, s, j.s.Config.Latency[i].Name, side.c.Requests)
-			}
+	if err := j.checkCounts("candidate", &r.Candidate); err != nil {
+		return err
+	}
+	return j.checkCounts("baseline", &r.Baseline)
+}
+
+func (j *Judge) checkCounts(name string, c *Counts) error {
+	if c.Errors > c.Requests {
+		return fmt.Errorf("judge: %s has %d errors out of %d requests", name, c.Errors, c.Requests)
+	}
+	if k := len(j.s.Config.Latency); len(c.Slow) != k {
+		return fmt.Errorf("judge: %s has %d slow counts, config has %d thresholds", name, len(c.Slow), k)
+	}
+	for i, s := range c.Slow {
+		if s > c.Requests {
+			return fmt.Errorf("judge: %s has %d slow requests (%s) out of %d", name, s, j.s.Config.Latency[i].Name, c.Requests)
 		}
 	}
 	return nil
