@@ -143,6 +143,7 @@ func TestCanaryShiftsTrafficStepByStepAndSucceeds(t *testing.T) {
 	}
 	waitFor(t, s, "e2e-steps", 20*time.Second, "success", phaseIs(rolloutv1.Phase_PHASE_SUCCEEDED))
 	checkShare(t, urls, 100)
+	replayHistory(t, s, "demo")
 
 	// Every agent reports the final generation and 100 % candidate.
 	resp, err := s.Fleet().ListAgents(context.Background(), connect.NewRequest(&fleetv1.ListAgentsRequest{Service: "demo"}))

@@ -17,6 +17,9 @@ type Input struct {
 	Spec corerollout.Spec
 	// Status is set when the workflow continues as new.
 	Status *corerollout.Status
+	// ContinueAfter is the history length after which the run continues as
+	// new; zero means DefaultContinueAfter.
+	ContinueAfter int
 }
 
 // Result is the final record.
@@ -35,9 +38,9 @@ type ControlRequest struct {
 	Full      bool
 }
 
-// continueAfter bounds the history of one run; the workflow continues as new
-// before Temporal's own limits are near.
-const continueAfter = 2000
+// DefaultContinueAfter bounds the history of one run; the workflow continues
+// as new well before Temporal's own limits are near.
+const DefaultContinueAfter = 2000
 
 // ErrWrongRollout is returned by the update validators.
 var ErrWrongRollout = errors.New("not the active rollout of this service")
@@ -45,6 +48,10 @@ var ErrWrongRollout = errors.New("not the active rollout of this service")
 // Workflow carries out one rollout to a terminal phase.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	spec := in.Spec
+	limit := in.ContinueAfter
+	if limit <= 0 {
+		limit = DefaultContinueAfter
+	}
 	var st corerollout.Status
 	if in.Status != nil {
 		st = *in.Status
@@ -156,12 +163,12 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 			}
 		}
 		publish()
-		if workflow.GetInfo(ctx).GetCurrentHistoryLength() > continueAfter && !st.Phase.Terminal() {
+		if workflow.GetInfo(ctx).GetCurrentHistoryLength() > limit && !st.Phase.Terminal() {
 			if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
 				return Result{Record: record()}, err
 			}
 			s := st
-			return Result{}, workflow.NewContinueAsNewError(ctx, Workflow, Input{Spec: spec, Status: &s})
+			return Result{}, workflow.NewContinueAsNewError(ctx, Workflow, Input{Spec: spec, Status: &s, ContinueAfter: in.ContinueAfter})
 		}
 	}
 }

@@ -2,12 +2,17 @@ package rollout
 
 import (
 	"context"
+	"errors"
+	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/converter"
+	tlog "go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
@@ -39,7 +44,9 @@ type recorder struct {
 	failApply func(d route.Desired) error
 	// hang makes an apply wait until it is cancelled.
 	hang func(d route.Desired) bool
-	gen  uint64
+	// onApply is called with the number of states applied so far.
+	onApply func(n int)
+	gen     uint64
 }
 
 func (r *recorder) apply(ctx context.Context, in ApplyInput) (ApplyResult, error) {
@@ -56,6 +63,9 @@ func (r *recorder) apply(ctx context.Context, in ApplyInput) (ApplyResult, error
 	}
 	r.gen++
 	r.weights = append(r.weights, in.Desired.WeightOf(candRev))
+	if r.onApply != nil {
+		r.onApply(len(r.weights))
+	}
 	return ApplyResult{Generation: r.gen}, nil
 }
 
@@ -71,6 +81,7 @@ func (r *recorder) publish(_ context.Context, in PublishInput) error {
 func newEnv(t *testing.T, rec *recorder) *testsuite.TestWorkflowEnvironment {
 	t.Helper()
 	var ts testsuite.WorkflowTestSuite
+	ts.SetLogger(tlog.NewStructuredLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	env := ts.NewTestWorkflowEnvironment()
 	env.RegisterWorkflowWithOptions(Workflow, workflow.RegisterOptions{Name: WorkflowName})
 	env.RegisterActivity(&Activities{})
@@ -79,8 +90,6 @@ func newEnv(t *testing.T, rec *recorder) *testsuite.TestWorkflowEnvironment {
 	env.OnActivity(a.PublishStatus, mock.Anything, mock.Anything).Return(rec.publish)
 	return env
 }
-
-
 
 func result(t *testing.T, env *testsuite.TestWorkflowEnvironment) corerollout.Status {
 	t.Helper()
@@ -275,3 +284,52 @@ func containsPhase(ps []corerollout.Phase, p corerollout.Phase) bool {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func TestWorkflowContinuesAsNewCarryingItsState(t *testing.T) {
+	rec := &recorder{}
+	env := newEnv(t, rec)
+	// The history grows past the limit when the tenth state is applied.
+	rec.onApply = func(n int) {
+		if n == 10 {
+			env.SetCurrentHistoryLength(100)
+		}
+	}
+	var steps []corerollout.Step
+	for w := int32(1); w <= 30; w++ {
+		steps = append(steps, corerollout.Step{SetWeight: weight(w)})
+	}
+	env.ExecuteWorkflow(WorkflowName, Input{Spec: testSpec(steps...), ContinueAfter: 40})
+	if !env.IsWorkflowCompleted() {
+		t.Fatal("workflow did not complete")
+	}
+	var can *workflow.ContinueAsNewError
+	if err := env.GetWorkflowError(); !errors.As(err, &can) {
+		t.Fatalf("workflow error %v, want continue-as-new", err)
+	}
+	var next Input
+	if err := converter.GetDefaultDataConverter().FromPayloads(can.Input, &next); err != nil {
+		t.Fatalf("decode continue-as-new input: %v", err)
+	}
+	if next.Status == nil || next.Status.StepIndex != 10 {
+		t.Fatalf("carried status %+v, want step index 10 (ten steps applied)", next.Status)
+	}
+	if next.ContinueAfter != 40 || next.Spec.ID != "r1" {
+		t.Fatalf("carried input %+v, want the same spec and limit", next)
+	}
+	if got := int32(next.Status.StepIndex); rec.weights[len(rec.weights)-1] != got || next.Status.CandidateWeight != got {
+		t.Fatalf("carried weight %d at step %d, last applied %d", next.Status.CandidateWeight, next.Status.StepIndex, rec.weights[len(rec.weights)-1])
+	}
+
+	// The next run picks up where the first stopped and finishes.
+	rec.onApply = nil
+	env2 := newEnv(t, rec)
+	next.ContinueAfter = 0
+	env2.ExecuteWorkflow(WorkflowName, next)
+	st := result(t, env2)
+	if st.Phase != corerollout.PhaseSucceeded {
+		t.Fatalf("second run phase %s, want Succeeded", st.Phase)
+	}
+	if len(rec.weights) != 31 {
+		t.Fatalf("applied %d states across both runs, want 31 (30 steps and the promotion) with none repeated: %v", len(rec.weights), rec.weights)
+	}
+}
