@@ -13,7 +13,10 @@
 //	                                  lists, gets and watches; written by the workflow.
 package bus
 
-import "regexp"
+import (
+	"regexp"
+	"strconv"
+)
 
 // Bucket names.
 const (
@@ -37,3 +40,21 @@ const DesiredKeyPrefix = "svc."
 
 // AgentIDPattern is what an agent id must look like (it is a KV key).
 var AgentIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// Metrics stream: agents publish one sluice.metrics.v1.MetricsBatch per
+// second on MetricsSubject(agent) with message ID MetricsMsgID(agent,
+// second); the analysis worker ingests them with the durable consumer
+// IngestConsumer.
+const (
+	MetricsStream        = "SLUICE_METRICS"
+	MetricsSubjectPrefix = "sluice.metrics."
+	IngestConsumer       = "sluice-ingest"
+)
+
+// MetricsSubject is the subject an agent publishes its metrics on.
+func MetricsSubject(agent string) string { return MetricsSubjectPrefix + agent }
+
+// MetricsMsgID is the JetStream message ID of an agent's batch for a second.
+func MetricsMsgID(agent string, second int64) string {
+	return agent + "/" + strconv.FormatInt(second, 10)
+}
