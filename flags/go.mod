@@ -1,8 +1,13 @@
 module github.com/sluicehq/sluice/flags
 
-go 1.26
+go 1.26.0
 
-require github.com/cucumber/godog v0.16.0
+require (
+	github.com/cucumber/godog v0.16.0
+	github.com/diegoholiveira/jsonlogic/v3 v3.9.1
+	github.com/spaolacci/murmur3 v1.1.0
+	golang.org/x/mod v0.35.0
+)
 
 require (
 	github.com/cucumber/gherkin/go/v42 v42.0.0 // indirect

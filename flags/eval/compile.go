@@ -108,6 +108,7 @@ type node struct {
 	path     []string // constant path, split at dots; nil with dynPath
 	dynPath  bool     // the path is args[0], computed at evaluation
 	nullPath bool     // {"var": null}
+	attrKey  string   // path is this one attribute name (not a flagd property)
 	varDef   *node    // default when the path selects nothing; nil means null
 
 	// opIn with a constant array of strings as haystack
@@ -271,6 +272,9 @@ func compileVar(n *node, operands []any, isArray bool, at string) error {
 		n.nullPath = true
 	case kStr, kNum:
 		n.path = splitPath(first.lit.string())
+		if len(n.path) == 1 && n.path[0] != "$flagd" && n.path[0] != "targetingKey" {
+			n.attrKey = n.path[0]
+		}
 	default:
 		return &CompileError{Path: p, Msg: fmt.Sprintf("var path must be a string or a number, not %s", jsonText(operands[0]))}
 	}
@@ -298,7 +302,7 @@ func prepareIn(n *node) {
 	if len(n.args) < 2 || n.args[1].op != opConst || n.args[1].lit.k != kArr {
 		return
 	}
-	hay := n.args[1].lit.a
+	hay := n.args[1].lit.arr()
 	strs := make([]string, 0, len(hay))
 	for _, e := range hay {
 		s, ok := e.(string)

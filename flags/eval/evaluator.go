@@ -110,6 +110,7 @@ type flag struct {
 	disabled       bool
 	variants       map[string]any
 	defaultVariant string
+	defaultValue   any   // variants[defaultVariant]
 	rule           *node // nil: no targeting
 	ruleErr        error // the targeting could not be compiled
 	metadata       map[string]any
@@ -129,6 +130,7 @@ func New(set *definition.Set) *Evaluator {
 			disabled:       d.State == definition.Disabled,
 			variants:       d.Variants,
 			defaultVariant: d.DefaultVariant,
+			defaultValue:   d.Variants[d.DefaultVariant],
 			metadata:       mergeMetadata(set.Metadata, d.Metadata),
 		}
 		if d.Rule != nil {
@@ -181,50 +183,67 @@ type outcome struct {
 	msg     string
 }
 
-// resolve selects a variant of flagKey.
-func (e *Evaluator) resolve(flagKey string, ec Context, now time.Time) outcome {
+func (o *outcome) fail(code ErrorCode, msg string) {
+	o.reason, o.code, o.msg = ReasonError, code, msg
+}
+
+// serveDefault selects the default variant, or the caller's default when
+// the flag has none.
+func (o *outcome) serveDefault(f *flag, reason Reason) {
+	o.reason = reason
+	if f.defaultVariant != "" {
+		o.variant, o.value = f.defaultVariant, f.defaultValue
+	}
+}
+
+// resolve selects a variant of flagKey into o, which must be zero.
+func (e *Evaluator) resolve(o *outcome, flagKey string, ec *Context, now time.Time) {
 	f, ok := e.flags[flagKey]
 	if !ok {
-		return outcome{reason: ReasonError, code: ErrorFlagNotFound, msg: "flag not found"}
+		o.fail(ErrorFlagNotFound, "flag not found")
+		return
 	}
-	if f.disabled {
-		return outcome{f: f, reason: ReasonDisabled}
-	}
-	if f.ruleErr != nil {
-		return outcome{f: f, reason: ReasonError, code: ErrorParse, msg: f.ruleErr.Error()}
-	}
-	if f.rule == nil {
+	o.f = f
+	switch {
+	case f.disabled:
+		o.reason = ReasonDisabled
+		return
+	case f.ruleErr != nil:
+		o.fail(ErrorParse, f.ruleErr.Error())
+		return
+	case f.rule == nil:
+		o.serveDefault(f, ReasonStatic)
 		if f.defaultVariant == "" {
-			return outcome{f: f, reason: ReasonDefault}
+			o.reason = ReasonDefault // the caller's default, as flagd reports it
 		}
-		return outcome{f: f, variant: f.defaultVariant, value: f.variants[f.defaultVariant], reason: ReasonStatic}
+		return
 	}
 	en := env{attrs: ec.Attributes, targetingKey: ec.TargetingKey, flagKey: flagKey, timestamp: now.Unix()}
 	r := f.rule.eval(&en)
 	var name string
 	switch r.k {
 	case kNull:
-		if f.defaultVariant == "" {
-			return outcome{f: f, reason: ReasonDefault}
-		}
-		return outcome{f: f, variant: f.defaultVariant, value: f.variants[f.defaultVariant], reason: ReasonDefault}
+		o.serveDefault(f, ReasonDefault)
+		return
 	case kStr:
 		name = r.s
 	case kBool:
 		name = "false"
-		if r.b {
+		if r.bool() {
 			name = "true"
 		}
 	case kNum:
 		name = string(appendNumber(nil, r.n))
 	default:
-		return outcome{f: f, reason: ReasonError, code: ErrorGeneral, msg: "targeting returned " + kindName(r.k) + ", not a variant name"}
+		o.fail(ErrorGeneral, "targeting returned "+kindName(r.k)+", not a variant name")
+		return
 	}
 	v, ok := f.variants[name]
 	if !ok {
-		return outcome{f: f, reason: ReasonError, code: ErrorGeneral, msg: "targeting returned variant " + quote(name) + ", which the flag does not define"}
+		o.fail(ErrorGeneral, "targeting returned variant "+quote(name)+", which the flag does not define")
+		return
 	}
-	return outcome{f: f, variant: name, value: v, reason: ReasonTargetingMatch}
+	o.variant, o.value, o.reason = name, v, ReasonTargetingMatch
 }
 
 func kindName(k kind) string {
@@ -239,9 +258,9 @@ func kindName(k kind) string {
 
 func quote(s string) string { return `"` + s + `"` }
 
-// typed converts an outcome to a Result[T], using conv to check and convert
-// the variant's value.
-func typed[T any](o outcome, def T, conv func(any) (T, bool)) Result[T] {
+// typed converts an outcome to a Result[T]: the variant's value must be a
+// T, else the result is TYPE_MISMATCH.
+func typed[T any](o *outcome, def T) Result[T] {
 	r := Result[T]{Value: def, Reason: o.reason, ErrorCode: o.code, ErrorMessage: o.msg}
 	if o.f != nil {
 		r.Metadata = o.f.metadata
@@ -249,57 +268,68 @@ func typed[T any](o outcome, def T, conv func(any) (T, bool)) Result[T] {
 	if o.variant == "" {
 		return r
 	}
-	v, ok := conv(o.value)
+	v, ok := o.value.(T)
 	if !ok {
-		r.Reason, r.ErrorCode = ReasonError, ErrorTypeMismatch
-		r.ErrorMessage = "variant " + quote(o.variant) + " is not of the requested type"
-		return r
+		return mismatch(r, o.variant)
 	}
 	r.Value, r.Variant = v, o.variant
+	return r
+}
+
+func mismatch[T any](r Result[T], variant string) Result[T] {
+	r.Reason, r.ErrorCode = ReasonError, ErrorTypeMismatch
+	r.ErrorMessage = "variant " + quote(variant) + " is not of the requested type"
 	return r
 }
 
 // Boolean evaluates a boolean flag. now is the evaluation time
 // ($flagd.timestamp).
 func (e *Evaluator) Boolean(flagKey string, defaultValue bool, ec Context, now time.Time) Result[bool] {
-	return typed(e.resolve(flagKey, ec, now), defaultValue, func(x any) (bool, bool) {
-		b, ok := x.(bool)
-		return b, ok
-	})
+	var o outcome
+	e.resolve(&o, flagKey, &ec, now)
+	return typed(&o, defaultValue)
 }
 
 // String evaluates a string flag.
 func (e *Evaluator) String(flagKey string, defaultValue string, ec Context, now time.Time) Result[string] {
-	return typed(e.resolve(flagKey, ec, now), defaultValue, func(x any) (string, bool) {
-		s, ok := x.(string)
-		return s, ok
-	})
+	var o outcome
+	e.resolve(&o, flagKey, &ec, now)
+	return typed(&o, defaultValue)
 }
 
 // Float evaluates a numeric flag.
 func (e *Evaluator) Float(flagKey string, defaultValue float64, ec Context, now time.Time) Result[float64] {
-	return typed(e.resolve(flagKey, ec, now), defaultValue, func(x any) (float64, bool) {
-		f, ok := x.(float64)
-		return f, ok
-	})
+	var o outcome
+	e.resolve(&o, flagKey, &ec, now)
+	return typed(&o, defaultValue)
 }
 
 // Int evaluates a numeric flag as an integer. As in flagd, a variant with
 // a fraction is truncated towards zero.
 func (e *Evaluator) Int(flagKey string, defaultValue int64, ec Context, now time.Time) Result[int64] {
-	return typed(e.resolve(flagKey, ec, now), defaultValue, func(x any) (int64, bool) {
-		f, ok := x.(float64)
-		return int64(f), ok
-	})
+	var o outcome
+	e.resolve(&o, flagKey, &ec, now)
+	f := typed(&o, float64(defaultValue))
+	r := Result[int64]{Value: defaultValue, Variant: f.Variant, Reason: f.Reason, ErrorCode: f.ErrorCode, ErrorMessage: f.ErrorMessage, Metadata: f.Metadata}
+	if f.Variant != "" {
+		r.Value = int64(f.Value)
+	}
+	return r
 }
 
-// Object evaluates an object flag. The value is a map[string]any shared
-// with the evaluator; it must not be modified.
+// Object evaluates an object flag: the variant's value must be a JSON
+// object (map[string]any), which is shared with the evaluator and must not
+// be modified.
 func (e *Evaluator) Object(flagKey string, defaultValue any, ec Context, now time.Time) Result[any] {
-	return typed(e.resolve(flagKey, ec, now), defaultValue, func(x any) (any, bool) {
-		m, ok := x.(map[string]any)
-		return m, ok
-	})
+	var o outcome
+	e.resolve(&o, flagKey, &ec, now)
+	if o.variant != "" {
+		if _, ok := o.value.(map[string]any); !ok {
+			r := typed(&outcome{f: o.f, reason: o.reason}, defaultValue)
+			return mismatch(r, o.variant)
+		}
+	}
+	return typed(&o, defaultValue)
 }
 
 // Any evaluates a flag whatever the type of its variants, for bulk and
@@ -307,5 +337,7 @@ func (e *Evaluator) Object(flagKey string, defaultValue any, ec Context, now tim
 // default. Value is nil when no variant was selected (disabled flag, no
 // default variant, error); objects are shared and must not be modified.
 func (e *Evaluator) Any(flagKey string, ec Context, now time.Time) Result[any] {
-	return typed(e.resolve(flagKey, ec, now), nil, func(x any) (any, bool) { return x, true })
+	var o outcome
+	e.resolve(&o, flagKey, &ec, now)
+	return typed[any](&o, nil)
 }

@@ -216,12 +216,13 @@ func evalDynamicBuckets(buckets []fracBucket, e *env, hash uint32) value {
 		var name, w value
 		if b.expr != nil {
 			arr := b.expr.eval(e)
-			if arr.k != kArr || len(arr.a) == 0 {
+			pair := arr.arr()
+			if len(pair) == 0 {
 				return nullValue
 			}
-			name = fromAny(arr.a[0])
-			if len(arr.a) >= 2 {
-				w = fromAny(arr.a[1])
+			name = fromAny(pair[0])
+			if len(pair) >= 2 {
+				w = fromAny(pair[1])
 			}
 		} else {
 			name = b.name.eval(e)

@@ -22,13 +22,11 @@ type env struct {
 	scope  any
 }
 
-// emptyArray is the shared result of operations that yield no elements. It
-// is never modified.
-var emptyArray = []any{}
-
 // eval evaluates the node. It never fails: like flagd's custom operators,
 // operations given values they cannot work on yield null or follow
-// JavaScript's coercions.
+// JavaScript's coercions. It is kept to a small dispatcher (each operation
+// in its own function) because it recurses: a large stack frame here would
+// be paid at every level of a rule.
 func (n *node) eval(e *env) value {
 	switch n.op {
 	case opConst:
@@ -36,62 +34,15 @@ func (n *node) eval(e *env) value {
 	case opVar:
 		return n.evalVar(e)
 	case opIf:
-		args := n.args
-		for len(args) >= 2 {
-			if args[0].eval(e).truthy() {
-				return args[1].eval(e)
-			}
-			args = args[2:]
-		}
-		if len(args) == 1 {
-			return args[0].eval(e)
-		}
-		return nullValue
-	case opAnd:
-		last := nullValue
-		for _, a := range n.args {
-			last = a.eval(e)
-			if !last.truthy() {
-				return last
-			}
-		}
-		return last
-	case opOr:
-		last := nullValue
-		for _, a := range n.args {
-			last = a.eval(e)
-			if last.truthy() {
-				return last
-			}
-		}
-		return last
+		return n.evalIf(e)
+	case opAnd, opOr:
+		return n.evalAndOr(e)
 	case opEq, opNe, opStrictEq, opStrictNe:
-		if len(n.args) < 2 {
-			return boolValue(n.op == opNe || n.op == opStrictNe)
-		}
-		a, b := n.args[0].eval(e), n.args[1].eval(e)
-		switch n.op {
-		case opEq:
-			return boolValue(looseEqual(a, b))
-		case opNe:
-			return boolValue(!looseEqual(a, b))
-		case opStrictEq:
-			return boolValue(strictEqual(a, b))
-		default:
-			return boolValue(!strictEqual(a, b))
-		}
+		return n.evalEquality(e)
 	case opLt, opLe, opGt, opGe:
 		return n.evalCompare(e)
-	case opNot:
-		if len(n.args) == 0 {
-			return trueValue
-		}
-		return boolValue(!n.args[0].eval(e).truthy())
-	case opNotNot:
-		if len(n.args) == 0 {
-			return falseValue
-		}
-		return boolValue(n.args[0].eval(e).truthy())
+	case opNot, opNotNot:
+		return n.evalNot(e)
 	case opIn:
 		return n.evalIn(e)
 	case opCat:
@@ -100,26 +51,8 @@ func (n *node) eval(e *env) value {
 		return n.evalSubstr(e)
 	case opAdd, opSub, opMul, opDiv, opMod, opMax, opMin:
 		return n.evalArithmetic(e)
-	case opArray:
-		out := make([]any, len(n.args))
-		for i, a := range n.args {
-			out[i] = a.eval(e).toAny()
-		}
-		return arrValue(out)
-	case opMerge:
-		var out []any
-		for _, a := range n.args {
-			v := a.eval(e)
-			if v.k == kArr {
-				out = append(out, v.a...)
-			} else {
-				out = append(out, v.toAny())
-			}
-		}
-		if out == nil {
-			out = emptyArray
-		}
-		return arrValue(out)
+	case opArray, opMerge:
+		return n.evalArray(e)
 	case opMissing:
 		return n.evalMissing(e)
 	case opMissingSome:
@@ -127,14 +60,7 @@ func (n *node) eval(e *env) value {
 	case opMap, opFilter, opReduce, opAll, opSome, opNone:
 		return n.evalIteration(e)
 	case opStartsWith, opEndsWith:
-		s, t := n.args[0].eval(e), n.args[1].eval(e)
-		if s.k != kStr || t.k != kStr {
-			return nullValue // flagd: null, so the default variant is served
-		}
-		if n.op == opStartsWith {
-			return boolValue(strings.HasPrefix(s.s, t.s))
-		}
-		return boolValue(strings.HasSuffix(s.s, t.s))
+		return n.evalAffix(e)
 	case opSemver:
 		return n.evalSemver(e)
 	case opFractional:
@@ -143,7 +69,102 @@ func (n *node) eval(e *env) value {
 	return nullValue
 }
 
+func (n *node) evalIf(e *env) value {
+	args := n.args
+	for len(args) >= 2 {
+		if args[0].eval(e).truthy() {
+			return args[1].eval(e)
+		}
+		args = args[2:]
+	}
+	if len(args) == 1 {
+		return args[0].eval(e)
+	}
+	return nullValue
+}
+
+// evalAndOr returns the first operand that is falsy (and) or truthy (or),
+// else the last one.
+func (n *node) evalAndOr(e *env) value {
+	stopOn := n.op == opOr
+	last := nullValue
+	for _, a := range n.args {
+		last = a.eval(e)
+		if last.truthy() == stopOn {
+			return last
+		}
+	}
+	return last
+}
+
+func (n *node) evalEquality(e *env) value {
+	negate := n.op == opNe || n.op == opStrictNe
+	if len(n.args) < 2 {
+		return boolValue(negate)
+	}
+	a, b := n.args[0].eval(e), n.args[1].eval(e)
+	var eq bool
+	if n.op == opEq || n.op == opNe {
+		eq = looseEqual(a, b)
+	} else {
+		eq = strictEqual(a, b)
+	}
+	return boolValue(eq != negate)
+}
+
+func (n *node) evalNot(e *env) value {
+	if len(n.args) == 0 {
+		return boolValue(n.op == opNot)
+	}
+	return boolValue(n.args[0].eval(e).truthy() != (n.op == opNot))
+}
+
+// evalArray builds an array literal with computed elements, or merges.
+func (n *node) evalArray(e *env) value {
+	if n.op == opArray {
+		out := make([]any, len(n.args))
+		for i, a := range n.args {
+			out[i] = a.eval(e).toAny()
+		}
+		return arrValue(out)
+	}
+	var out []any
+	for _, a := range n.args {
+		v := a.eval(e)
+		if v.k == kArr {
+			out = append(out, v.arr()...)
+		} else {
+			out = append(out, v.toAny())
+		}
+	}
+	return arrValue(out)
+}
+
+// evalAffix is flagd's starts_with and ends_with.
+func (n *node) evalAffix(e *env) value {
+	s, ok1 := n.args[0].evalString(e)
+	t, ok2 := n.args[1].evalString(e)
+	if !ok1 || !ok2 {
+		return nullValue // flagd: null, so the default variant is served
+	}
+	if n.op == opStartsWith {
+		return boolValue(strings.HasPrefix(s, t))
+	}
+	return boolValue(strings.HasSuffix(s, t))
+}
+
 func (n *node) evalVar(e *env) value {
+	if n.attrKey != "" && !e.scoped {
+		// The common case: one attribute of the context.
+		if v := fromAny(e.attrs[n.attrKey]); v.k != kNull {
+			return v
+		}
+		return n.varDefault(e)
+	}
+	return n.evalVarPath(e)
+}
+
+func (n *node) evalVarPath(e *env) value {
 	if n.nullPath {
 		// flagd's library: {"var": null} is the data when it is a scalar.
 		if e.scoped {
@@ -170,6 +191,22 @@ func (n *node) evalVar(e *env) value {
 		return n.varDefault(e)
 	}
 	return v
+}
+
+// evalString evaluates n where a string is wanted, reporting false when
+// the result is not a string. For a constant or a context attribute that
+// holds a string it skips building a value.
+func (n *node) evalString(e *env) (string, bool) {
+	switch {
+	case n.op == opConst:
+		return n.lit.s, n.lit.k == kStr
+	case n.attrKey != "" && !e.scoped:
+		if s, ok := e.attrs[n.attrKey].(string); ok {
+			return s, true
+		}
+	}
+	v := n.eval(e)
+	return v.s, v.k == kStr
 }
 
 func (n *node) varDefault(e *env) value {
@@ -296,21 +333,21 @@ func (n *node) evalIn(e *env) value {
 	if len(n.args) < 2 {
 		return falseValue
 	}
-	needle := n.args[0].eval(e)
 	if n.strs != nil || n.strSet != nil {
-		if needle.k == kStr {
+		if needle, ok := n.args[0].evalString(e); ok {
 			if n.strSet != nil {
-				_, ok := n.strSet[needle.s]
+				_, ok := n.strSet[needle]
 				return boolValue(ok)
 			}
 			for _, s := range n.strs {
-				if s == needle.s {
+				if s == needle {
 					return trueValue
 				}
 			}
 			return falseValue
 		}
 	}
+	needle := n.args[0].eval(e)
 	hay := n.args[1].eval(e)
 	switch hay.k {
 	case kStr:
@@ -321,7 +358,7 @@ func (n *node) evalIn(e *env) value {
 			return boolValue(strings.Contains(hay.s, needle.string()))
 		}
 	case kArr:
-		for _, x := range hay.a {
+		for _, x := range hay.arr() {
 			el := fromAny(x)
 			if needle.k == kNum {
 				if el.k != kArr && el.number() == needle.n {
@@ -329,7 +366,7 @@ func (n *node) evalIn(e *env) value {
 				}
 				continue
 			}
-			if el.k == needle.k && (el.k == kNull || el.k == kStr && el.s == needle.s || el.k == kBool && el.b == needle.b) {
+			if el.k == needle.k && (el.k == kNull || el.k == kStr && el.s == needle.s || el.k == kBool && el.n == needle.n) {
 				return trueValue
 			}
 		}
@@ -474,7 +511,7 @@ func (n *node) evalMissing(e *env) value {
 	var keys []any
 	if len(n.args) == 1 {
 		if v := n.args[0].eval(e); v.k == kArr {
-			keys = v.a
+			keys = v.arr()
 		} else {
 			keys = []any{v.toAny()}
 		}
@@ -500,8 +537,8 @@ func (n *node) evalMissingSome(e *env) value {
 	if keys.k != kArr {
 		return arrValue(emptyArray)
 	}
-	out := missingKeys(e, keys.a)
-	if float64(len(keys.a)-len(out)) >= need || out == nil {
+	out := missingKeys(e, keys.arr())
+	if float64(len(keys.arr())-len(out)) >= need || out == nil {
 		return arrValue(emptyArray)
 	}
 	return arrValue(out)
@@ -528,20 +565,21 @@ func (n *node) evalIteration(e *env) value {
 		}
 		return falseValue
 	}
+	elems := subject.arr()
 	body := n.args[1]
 	inner := *e
 	inner.scoped = true
 	switch n.op {
 	case opMap:
-		out := make([]any, 0, len(subject.a))
-		for _, x := range subject.a {
+		out := make([]any, 0, len(elems))
+		for _, x := range elems {
 			inner.scope = x
 			out = append(out, body.eval(&inner).toAny())
 		}
 		return arrValue(out)
 	case opFilter:
-		out := make([]any, 0, len(subject.a))
-		for _, x := range subject.a {
+		out := make([]any, 0, len(elems))
+		for _, x := range elems {
 			inner.scope = x
 			if body.eval(&inner).truthy() {
 				out = append(out, x)
@@ -554,7 +592,7 @@ func (n *node) evalIteration(e *env) value {
 			acc = n.args[2].eval(e)
 		}
 		kindOfInitial := acc.k
-		for _, x := range subject.a {
+		for _, x := range elems {
 			if x == nil {
 				continue
 			}
@@ -573,10 +611,10 @@ func (n *node) evalIteration(e *env) value {
 		}
 		return acc
 	case opAll:
-		if len(subject.a) == 0 {
+		if len(elems) == 0 {
 			return falseValue
 		}
-		for _, x := range subject.a {
+		for _, x := range elems {
 			inner.scope = x
 			if !body.eval(&inner).truthy() {
 				return falseValue
@@ -584,7 +622,7 @@ func (n *node) evalIteration(e *env) value {
 		}
 		return trueValue
 	case opSome:
-		for _, x := range subject.a {
+		for _, x := range elems {
 			inner.scope = x
 			if body.eval(&inner).truthy() {
 				return trueValue
@@ -592,7 +630,7 @@ func (n *node) evalIteration(e *env) value {
 		}
 		return falseValue
 	default: // none
-		for _, x := range subject.a {
+		for _, x := range elems {
 			inner.scope = x
 			if body.eval(&inner).truthy() {
 				return falseValue
@@ -623,16 +661,18 @@ func (n *node) evalSemver(e *env) value {
 	if sc != nil && !sc.valid {
 		return nullValue
 	}
-	s, ok := semverString(n.args[0].eval(e))
+	s, ok := n.args[0].evalString(e)
 	if !ok {
-		return nullValue
+		if s, ok = semverString(n.args[0].eval(e)); !ok {
+			return nullValue
+		}
 	}
 	v, ok := parseSemver(s)
 	if !ok {
 		return nullValue
 	}
 	if sc != nil {
-		return boolValue(sc.op.apply(v, sc.target))
+		return boolValue(sc.op.apply(&v, &sc.target))
 	}
 	opv := n.args[1].eval(e)
 	if opv.k != kStr {
@@ -647,5 +687,5 @@ func (n *node) evalSemver(e *env) value {
 	if !ok {
 		return nullValue
 	}
-	return boolValue(op.apply(v, t))
+	return boolValue(op.apply(&v, &t))
 }

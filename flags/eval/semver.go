@@ -119,7 +119,7 @@ func compareNumIdent(a, b string) int {
 }
 
 // compareSemver returns -1, 0 or +1 following semver 2.0.0 precedence.
-func compareSemver(a, b semver) int {
+func compareSemver(a, b *semver) int {
 	if c := compareNumIdent(a.major, b.major); c != 0 {
 		return c
 	}
@@ -208,7 +208,7 @@ func parseSemverOp(s string) semverOp {
 }
 
 // apply compares a to b. The op must not be semverInvalid.
-func (op semverOp) apply(a, b semver) bool {
+func (op semverOp) apply(a, b *semver) bool {
 	switch op {
 	case semverEq:
 		return compareSemver(a, b) == 0

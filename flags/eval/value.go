@@ -21,34 +21,65 @@ const (
 	kObj
 )
 
-// value is a JSON value during rule evaluation. It is passed by value so
-// that evaluating a rule over strings, numbers and booleans allocates
-// nothing; arrays and objects refer to the caller's (or the rule's) data,
-// which is never modified.
+// value is a JSON value during rule evaluation. It is passed by value, and
+// kept small because every operation returns one, so that evaluating a rule
+// over strings, numbers and booleans allocates nothing. Arrays and objects
+// stay in the interface they came in (from the context or the rule), which
+// is never modified.
 type value struct {
 	k kind
-	b bool
-	n float64
-	s string
-	a []any          // kArr: elements in the representation of fromAny's input
-	o map[string]any // kObj
+	n float64 // kNum; kBool: 1 for true, 0 for false
+	s string  // kStr
+	x any     // kArr: []any; kObj: map[string]any
 }
 
 var (
-	nullValue  = value{}
-	trueValue  = value{k: kBool, b: true}
-	falseValue = value{k: kBool}
+	nullValue       = value{}
+	trueValue       = value{k: kBool, n: 1}
+	falseValue      = value{k: kBool}
+	emptyArrayValue = value{k: kArr, x: emptyArray}
 )
 
-func boolValue(b bool) value   { return value{k: kBool, b: b} }
+// emptyArray is the shared result of operations that yield no elements. It
+// is never modified.
+var emptyArray = []any{}
+
+func boolValue(b bool) value {
+	if b {
+		return trueValue
+	}
+	return falseValue
+}
 func numValue(n float64) value { return value{k: kNum, n: n} }
 func strValue(s string) value  { return value{k: kStr, s: s} }
-func arrValue(a []any) value   { return value{k: kArr, a: a} }
+
+// arrValue boxes a, which allocates unless a is empty.
+func arrValue(a []any) value {
+	if len(a) == 0 {
+		return emptyArrayValue
+	}
+	return value{k: kArr, x: a}
+}
+
 func objValue(o map[string]any) value {
 	if o == nil {
 		return nullValue
 	}
-	return value{k: kObj, o: o}
+	return value{k: kObj, x: o}
+}
+
+func (v value) bool() bool { return v.n != 0 }
+
+// arr returns the elements of an array value, nil for other kinds.
+func (v value) arr() []any {
+	a, _ := v.x.([]any)
+	return a
+}
+
+// obj returns the members of an object value, nil for other kinds.
+func (v value) obj() map[string]any {
+	o, _ := v.x.(map[string]any)
+	return o
 }
 
 // fromAny converts a Go value holding JSON-like data (what encoding/json
@@ -74,9 +105,12 @@ func fromAny(x any) value {
 	case float32:
 		return numValue(float64(x))
 	case []any:
-		return arrValue(x)
+		return value{k: kArr, x: x} // no allocation: x is already boxed
 	case map[string]any:
-		return objValue(x)
+		if x == nil {
+			return nullValue
+		}
+		return value{k: kObj, x: x}
 	case int8:
 		return numValue(float64(x))
 	case int16:
@@ -91,8 +125,16 @@ func fromAny(x any) value {
 		return numValue(float64(x))
 	case uint64:
 		return numValue(float64(x))
-	case json.Number:
-		f, err := x.Float64()
+	}
+	return fromOther(x)
+}
+
+// fromOther converts the types fromAny does not handle inline.
+//
+//go:noinline
+func fromOther(x any) value {
+	if n, ok := x.(json.Number); ok {
+		f, err := n.Float64()
 		if err != nil {
 			return nullValue
 		}
@@ -124,15 +166,13 @@ func jsonRoundTrip(x any) any {
 func (v value) toAny() any {
 	switch v.k {
 	case kBool:
-		return v.b
+		return v.bool()
 	case kNum:
 		return v.n
 	case kStr:
 		return v.s
-	case kArr:
-		return v.a
-	case kObj:
-		return v.o
+	case kArr, kObj:
+		return v.x
 	}
 	return nil
 }
@@ -141,16 +181,14 @@ func (v value) toAny() any {
 // decides it: false, null, 0, "", empty arrays and empty objects are falsy.
 func (v value) truthy() bool {
 	switch v.k {
-	case kBool:
-		return v.b
-	case kNum:
+	case kBool, kNum:
 		return v.n != 0
 	case kStr:
 		return v.s != ""
 	case kArr:
-		return len(v.a) > 0
+		return len(v.arr()) > 0
 	case kObj:
-		return len(v.o) > 0
+		return len(v.obj()) > 0
 	}
 	return false
 }
@@ -162,12 +200,7 @@ func (v value) number() float64 {
 	switch v.k {
 	case kNull:
 		return 0
-	case kBool:
-		if v.b {
-			return 1
-		}
-		return 0
-	case kNum:
+	case kBool, kNum:
 		return v.n
 	case kStr:
 		s := strings.TrimSpace(v.s)
@@ -193,9 +226,9 @@ func (v value) appendString(dst []byte) []byte {
 	case kNum:
 		return appendNumber(dst, v.n)
 	case kBool:
-		return strconv.AppendBool(dst, v.b)
+		return strconv.AppendBool(dst, v.bool())
 	case kArr:
-		for i, e := range v.a {
+		for i, e := range v.arr() {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
