@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/diegoholiveira/jsonlogic/v3"
-	"github.com/spaolacci/murmur3"
+	"github.com/twmb/murmur3"
 	xmodsemver "golang.org/x/mod/semver"
 
 	"github.com/sluicehq/sluice/flags/eval"

@@ -5,7 +5,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	spaolacci "github.com/spaolacci/murmur3"
+	twmb "github.com/twmb/murmur3"
 )
 
 // Published MurmurHash3_x86_32 test vectors (SMHasher and the libraries
@@ -52,9 +52,9 @@ func TestMurmur3Incremental(t *testing.T) {
 			b[j] = byte(r.IntN(256))
 		}
 		s := string(b)
-		want := spaolacci.Sum32(b)
+		want := twmb.Sum32(b)
 		if got := murmur3String(s); got != want {
-			t.Fatalf("murmur3String(%q) = %#x, spaolacci/murmur3 says %#x", s, got, want)
+			t.Fatalf("murmur3String(%q) = %#x, twmb/murmur3 (flagd's) says %#x", s, got, want)
 		}
 		var m murmur3
 		for rest := s; rest != ""; {
