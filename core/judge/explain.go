@@ -32,9 +32,10 @@ type Finding struct {
 	// rate ratio; valid only when Estimable (events in both arms).
 	Estimate  float64 `json:"estimate"`
 	Estimable bool    `json:"estimable"`
-	// Lower and Upper are the confidence-sequence bounds on the rate ratio
-	// at level Confidence, rounded outwards to the grid 2^(k/2) between
-	// 1/4 and 16. Zero means the bound is not established yet.
+	// Lower and Upper bound the rate ratio from the confidence sequence at
+	// level Confidence: the ratio is above Lower and below Upper. They are
+	// points of the grid 2^(k/2) between 1/4 and 16 (rounded outwards).
+	// Zero means the bound is not established yet.
 	Lower      float64 `json:"lower"`
 	Upper      float64 `json:"upper"`
 	Confidence float64 `json:"confidence"`
@@ -169,11 +170,11 @@ func (f Finding) Describe() string {
 	}
 	switch {
 	case f.Lower > 0 && f.Upper > 0:
-		fmt.Fprintf(&b, " (between %.3g and %.3g at %.4g%% confidence)", f.Lower, f.Upper, 100*f.Confidence)
+		fmt.Fprintf(&b, " (above %.3g and below %.3g at %.4g%% confidence)", f.Lower, f.Upper, 100*f.Confidence)
 	case f.Lower > 0:
-		fmt.Fprintf(&b, " (at least %.3g at %.4g%% confidence)", f.Lower, 100*f.Confidence)
+		fmt.Fprintf(&b, " (above %.3g at %.4g%% confidence)", f.Lower, 100*f.Confidence)
 	case f.Upper > 0:
-		fmt.Fprintf(&b, " (at most %.3g at %.4g%% confidence)", f.Upper, 100*f.Confidence)
+		fmt.Fprintf(&b, " (below %.3g at %.4g%% confidence)", f.Upper, 100*f.Confidence)
 	}
 	fmt.Fprintf(&b, "; evidence against ratio <= %.3g: %.4g (abort at %.4g), change detector %.4g (abort at %.4g)",
 		f.Tolerance, f.Level, f.LevelThreshold, f.Change, f.ChangeThreshold)
