@@ -11,6 +11,7 @@ package canary
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/core/rollout"
@@ -103,9 +104,38 @@ func Next(spec rollout.Spec, st rollout.Status, now time.Time) (rollout.Status, 
 			}
 			return withSeq(spec, st, Decision{Kind: Apply, Intent: IntentFinal, Step: n, Desired: d, Deadline: c.Deadline(n)}, now)
 		}
+		if bg := spec.Analysis.Background(); bg != nil && st.StepIndex >= bg.StartingStep && !hasRun(st, rollout.RunKindBackground, -1) {
+			st = startRun(spec, st, rollout.RunKindBackground, -1, bg.Templates, now)
+			continue
+		}
 		i := st.StepIndex
 		step := c.Steps[i]
 		switch {
+		case step.Analysis != nil:
+			run, ok := latestRun(st, i)
+			switch {
+			case !ok:
+				st = startRun(spec, st, rollout.RunKindStep, i, step.Analysis.Templates, now)
+				continue
+			case run.Phase == rollout.RunSuccessful:
+				st = advance(st, now)
+				continue
+			case run.Phase == rollout.RunFailed || run.Phase == rollout.RunError:
+				// The verdict normally sets Aborting itself; this covers a
+				// status carried over without it.
+				st.Aborting, st.Reason, st.AbortedBy = true, "analysis run "+run.ID+" failed: "+run.Message, "analysis"
+				st.Version++
+				continue
+			case run.Phase == rollout.RunInconclusive && step.Analysis.OnInconclusive == rollout.OnInconclusiveRetry:
+				st = startRun(spec, st, rollout.RunKindStep, i, step.Analysis.Templates, now)
+				continue
+			case run.Phase == rollout.RunInconclusive:
+				st = describe(st, rollout.PhasePaused, fmt.Sprintf("%s: analysis run %s inconclusive (%s); promote to continue, resume to run it again, or abort", stepLabel(spec, i), run.ID, run.Message), now)
+				return st, Decision{Kind: Wait}
+			default:
+				st = describe(st, rollout.PhaseProgressing, fmt.Sprintf("%s: analysis run %s measuring %s at %d%% candidate", stepLabel(spec, i), run.ID, strings.Join(run.Templates, ", "), st.CandidateWeight), now)
+				return st, Decision{Kind: Wait}
+			}
 		case step.SetWeight != nil:
 			w := *step.SetWeight
 			st = describe(st, rollout.PhaseProgressing, fmt.Sprintf("%s: setting candidate weight to %d%%", stepLabel(spec, i), w), now)
@@ -179,6 +209,42 @@ func ApplyFailed(spec rollout.Spec, st rollout.Status, d Decision, reason string
 	return st
 }
 
+// Verdict records the analysis worker's verdict on a run. A failed run
+// aborts the rollout with the run's explanation; a successful step run lets
+// the step complete (Next advances). Verdicts on unknown runs are an error;
+// a repeated verdict on a finished run is ignored.
+func Verdict(st rollout.Status, runID string, phase rollout.RunPhase, message string, now time.Time) (rollout.Status, error) {
+	idx := -1
+	for i, r := range st.Runs {
+		if r.ID == runID {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		return st, fmt.Errorf("verdict: no analysis run %q: %w", runID, ErrTransition)
+	}
+	if !phase.Terminal() {
+		return st, fmt.Errorf("verdict: %q is not a final verdict: %w", phase, ErrTransition)
+	}
+	if st.Runs[idx].Phase.Terminal() {
+		return st, nil // already decided (a retried update)
+	}
+	runs := append([]rollout.AnalysisRun(nil), st.Runs...)
+	runs[idx].Phase = phase
+	runs[idx].Message = message
+	runs[idx].FinishedAt = now
+	st.Runs = runs
+	if (phase == rollout.RunFailed || phase == rollout.RunError) && !st.Phase.Terminal() && !st.Aborting && st.Failing == "" {
+		st.Aborting = true
+		st.Reason = "analysis run " + runID + " failed: " + message
+		st.AbortedBy = "analysis"
+		st.ManualPause = false
+	}
+	st.Version++
+	st.UpdatedAt = now
+	return st, nil
+}
+
 // Pause records an operator's pause.
 func Pause(st rollout.Status, now time.Time) (rollout.Status, error) {
 	if err := active(st, "pause"); err != nil {
@@ -193,13 +259,21 @@ func Pause(st rollout.Status, now time.Time) (rollout.Status, error) {
 	return st, nil
 }
 
-// Resume clears an operator's pause. It does not pass a pause step: that is
-// what Promote is for.
-func Resume(st rollout.Status, now time.Time) (rollout.Status, error) {
+// Resume clears an operator's pause, or re-runs an analysis step whose run
+// was inconclusive. It does not pass a pause step: that is what Promote is
+// for.
+func Resume(spec rollout.Spec, st rollout.Status, now time.Time) (rollout.Status, error) {
 	if err := active(st, "resume"); err != nil {
 		return st, err
 	}
 	if !st.ManualPause {
+		if run, ok := latestRun(st, st.StepIndex); ok && run.Phase == rollout.RunInconclusive {
+			// Resume after an inconclusive analysis runs it again.
+			st = startRun(spec, st, rollout.RunKindStep, st.StepIndex, run.Templates, now)
+			st.Version++
+			st.UpdatedAt = now
+			return st, nil
+		}
 		return st, fmt.Errorf("resume: the rollout is not paused by an operator (use promote to pass a pause step): %w", ErrTransition)
 	}
 	st.ManualPause = false
@@ -262,6 +336,7 @@ func active(st rollout.Status, op string) error {
 }
 
 func advance(st rollout.Status, now time.Time) rollout.Status {
+	st = terminateRuns(st, func(r rollout.AnalysisRun) bool { return r.Kind == rollout.RunKindStep && r.Step == st.StepIndex }, "step passed", now)
 	st.StepIndex++
 	st.StepStartedAt = now
 	st.PauseUntil = time.Time{}
@@ -280,6 +355,7 @@ func describe(st rollout.Status, phase rollout.Phase, msg string, now time.Time)
 }
 
 func finish(st rollout.Status, phase rollout.Phase, reason, msg string, now time.Time) rollout.Status {
+	st = terminateRuns(st, func(rollout.AnalysisRun) bool { return true }, "rollout ended "+string(phase), now)
 	st.Phase = phase
 	st.Reason = reason
 	st.Message = msg
@@ -370,4 +446,63 @@ func stepLabel(spec rollout.Spec, i int) string {
 		return "promotion"
 	}
 	return fmt.Sprintf("step %d/%d (%s)", i+1, n, spec.Strategy.Canary.Steps[i].Kind())
+}
+
+func hasRun(st rollout.Status, kind string, step int) bool {
+	for _, r := range st.Runs {
+		if r.Kind == kind && (step < 0 || r.Step == step) {
+			return true
+		}
+	}
+	return false
+}
+
+// latestRun returns the newest step run of step i.
+func latestRun(st rollout.Status, i int) (rollout.AnalysisRun, bool) {
+	for k := len(st.Runs) - 1; k >= 0; k-- {
+		if r := st.Runs[k]; r.Kind == rollout.RunKindStep && r.Step == i {
+			return r, true
+		}
+	}
+	return rollout.AnalysisRun{}, false
+}
+
+// startRun appends a new Running run; its id is unique within the rollout.
+func startRun(spec rollout.Spec, st rollout.Status, kind string, step int, templates []string, now time.Time) rollout.Status {
+	n := 1
+	for _, r := range st.Runs {
+		if r.Kind == kind && r.Step == step {
+			n++
+		}
+	}
+	id := fmt.Sprintf("%s.%s-%d", spec.ID, kind, n)
+	if kind == rollout.RunKindStep {
+		id = fmt.Sprintf("%s.step%d-%d", spec.ID, step, n)
+	} else {
+		step = -1
+	}
+	st.Runs = append(append([]rollout.AnalysisRun(nil), st.Runs...), rollout.AnalysisRun{
+		ID: id, Kind: kind, Step: step, Templates: append([]string(nil), templates...), Phase: rollout.RunRunning, StartedAt: now,
+	})
+	st.Version++
+	st.UpdatedAt = now
+	return st
+}
+
+func terminateRuns(st rollout.Status, match func(rollout.AnalysisRun) bool, why string, now time.Time) rollout.Status {
+	var runs []rollout.AnalysisRun
+	for i, r := range st.Runs {
+		if r.Phase == rollout.RunRunning && match(r) {
+			if runs == nil {
+				runs = append([]rollout.AnalysisRun(nil), st.Runs...)
+			}
+			runs[i].Phase = rollout.RunTerminated
+			runs[i].Message = why
+			runs[i].FinishedAt = now
+		}
+	}
+	if runs != nil {
+		st.Runs = runs
+	}
+	return st
 }

@@ -189,14 +189,14 @@ func TestEventsAtEveryStep(t *testing.T) {
 			if d.Kind != Wait || !d.Until.IsZero() || st.Phase != rollout.PhasePaused {
 				t.Fatalf("paused: decision %+v phase %s, want indefinite wait in Paused", d, st.Phase)
 			}
-			st, err = Resume(st, t0)
+			st, err = Resume(sp, st, t0)
 			if err != nil {
 				t.Fatalf("Resume: %v", err)
 			}
 			if st.ManualPause || st.StepIndex != i {
 				t.Fatalf("after resume: manual %v step %d, want false and step %d", st.ManualPause, st.StepIndex, i)
 			}
-			if _, err := Resume(st, t0); !errors.Is(err, ErrTransition) {
+			if _, err := Resume(sp, st, t0); !errors.Is(err, ErrTransition) {
 				t.Fatalf("second Resume: err %v, want ErrTransition", err)
 			}
 		})

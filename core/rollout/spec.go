@@ -31,6 +31,8 @@ type Spec struct {
 	Strategy Strategy `json:"strategy"`
 	// CreatedBy is the identity the client declares (until authentication exists).
 	CreatedBy string `json:"createdBy,omitempty"`
+	// Analysis declares templates and background analysis.
+	Analysis *Analysis `json:"analysis,omitempty"`
 }
 
 // Strategy is a one-of: exactly one field is non-nil. Blue-green and rolling
@@ -55,7 +57,8 @@ type Canary struct {
 // DefaultProgressDeadline is the time agents get to apply a step.
 const DefaultProgressDeadline = 30 * time.Second
 
-// Step is a one-of: exactly one of SetWeight, Pause, SetHeaderRoute is set.
+// Step is a one-of: exactly one of SetWeight, Pause, SetHeaderRoute,
+// Analysis is set.
 type Step struct {
 	// SetWeight sends this percentage (0–100) of requests to the candidate.
 	SetWeight *int32 `json:"setWeight,omitempty"`
@@ -64,6 +67,8 @@ type Step struct {
 	// SetHeaderRoute sends requests matching a header or cookie to the
 	// candidate whatever the weight (internal testers, A/B).
 	SetHeaderRoute *HeaderRoute `json:"setHeaderRoute,omitempty"`
+	// Analysis runs templates and waits for their verdict.
+	Analysis *AnalysisStep `json:"analysis,omitempty"`
 	// ProgressDeadline overrides Canary.ProgressDeadline for this step.
 	ProgressDeadline time.Duration `json:"progressDeadline,omitempty"`
 }
@@ -91,6 +96,8 @@ func (s Step) Kind() string {
 		return "pause"
 	case s.SetHeaderRoute != nil:
 		return "setHeaderRoute"
+	case s.Analysis != nil:
+		return "analysis"
 	}
 	return "unknown"
 }

@@ -62,6 +62,18 @@ type Status struct {
 	UpdatedAt time.Time `json:"updatedAt"`
 	// FinishedAt is set when the phase becomes terminal.
 	FinishedAt time.Time `json:"finishedAt,omitempty"`
+	// Runs are the analysis runs started so far, oldest first.
+	Runs []AnalysisRun `json:"runs,omitempty"`
+}
+
+// Run returns the run with the given id.
+func (s Status) Run(id string) (AnalysisRun, bool) {
+	for _, r := range s.Runs {
+		if r.ID == id {
+			return r, true
+		}
+	}
+	return AnalysisRun{}, false
 }
 
 // Record is what the projection stores per rollout: the spec, a hash of it
@@ -70,4 +82,45 @@ type Record struct {
 	Spec     Spec   `json:"spec"`
 	SpecHash string `json:"specHash"`
 	Status   Status `json:"status"`
+}
+
+// RunPhase is the state of an analysis run or of one metric in it.
+type RunPhase string
+
+// Run and metric phases. Successful, Failed, Inconclusive and Error are
+// terminal for a metric; a run is Failed when any metric failed or errored.
+const (
+	RunRunning      RunPhase = "Running"
+	RunSuccessful   RunPhase = "Successful"
+	RunFailed       RunPhase = "Failed"
+	RunInconclusive RunPhase = "Inconclusive"
+	RunError        RunPhase = "Error"
+	// RunTerminated: the workflow stopped the run (its step was passed by a
+	// promote, or the rollout ended) before a verdict.
+	RunTerminated RunPhase = "Terminated"
+)
+
+// Terminal reports whether the phase will not change.
+func (p RunPhase) Terminal() bool { return p != RunRunning && p != "" }
+
+// Run kinds.
+const (
+	RunKindStep       = "step"
+	RunKindBackground = "background"
+)
+
+// AnalysisRun is one run of templates, started by the workflow and judged by
+// the analysis worker, whose verdicts come back as workflow updates.
+type AnalysisRun struct {
+	// ID is "<rollout>.<kind>-<n>" and unique within the rollout.
+	ID   string `json:"id"`
+	Kind string `json:"kind"`
+	// Step is the analysis step's index (for kind step).
+	Step      int       `json:"step"`
+	Templates []string  `json:"templates"`
+	Phase     RunPhase  `json:"phase"`
+	Message   string    `json:"message,omitempty"`
+	StartedAt time.Time `json:"startedAt"`
+	// FinishedAt is when the verdict arrived.
+	FinishedAt time.Time `json:"finishedAt,omitempty"`
 }

@@ -90,10 +90,13 @@ func Validate(s Spec, prefix string) error {
 	if errS == nil && errC == nil && stable == cand {
 		ve.add(p("candidate_revision"), "equals stable_revision: nothing to roll out")
 	}
+	if s.Analysis != nil {
+		validateAnalysis(ve, p("analysis"), s.Analysis, s.Strategy.Canary)
+	}
 	n := 0
 	if s.Strategy.Canary != nil {
 		n++
-		validateCanary(ve, p("strategy.canary"), s.Strategy.Canary)
+		validateCanary(ve, p("strategy.canary"), s.Strategy.Canary, s.Analysis)
 	}
 	if n != 1 {
 		ve.add(p("strategy"), "exactly one strategy must be set (canary)")
@@ -104,7 +107,7 @@ func Validate(s Spec, prefix string) error {
 	return ve
 }
 
-func validateCanary(ve *ValidationError, path string, c *Canary) {
+func validateCanary(ve *ValidationError, path string, c *Canary, an *Analysis) {
 	if len(c.Steps) > MaxSteps {
 		ve.add(path+".steps", "has %d steps, at most %d allowed", len(c.Steps), MaxSteps)
 	}
@@ -141,8 +144,12 @@ func validateCanary(ve *ValidationError, path string, c *Canary) {
 				ve.add(sp+".set_header_route", "exactly one of exact or prefix must be set")
 			}
 		}
+		if st.Analysis != nil {
+			set++
+			validateAnalysisStep(ve, sp+".analysis", st.Analysis, an)
+		}
 		if set != 1 {
-			ve.add(sp, "exactly one of set_weight, pause, set_header_route must be set, got %d", set)
+			ve.add(sp, "exactly one of set_weight, pause, set_header_route, analysis must be set, got %d", set)
 		}
 		checkDeadline(ve, sp+".progress_deadline", st.ProgressDeadline)
 	}
@@ -182,4 +189,123 @@ func (s Spec) Hash() string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+func validateAnalysis(ve *ValidationError, path string, a *Analysis, c *Canary) {
+	names := map[string]bool{}
+	for i, t := range a.Templates {
+		tp := fmt.Sprintf("%s.templates[%d]", path, i)
+		if !ValidName(t.Name) {
+			ve.add(tp+".name", "must be a DNS label, got %q", t.Name)
+		} else if names[t.Name] {
+			ve.add(tp+".name", "template %q is defined twice", t.Name)
+		}
+		names[t.Name] = true
+		if len(t.Metrics) == 0 {
+			ve.add(tp+".metrics", "a template needs at least one metric")
+		}
+		metrics := map[string]bool{}
+		for j, m := range t.Metrics {
+			mp := fmt.Sprintf("%s.metrics[%d]", tp, j)
+			if !ValidName(m.Name) {
+				ve.add(mp+".name", "must be a DNS label, got %q", m.Name)
+			} else if metrics[m.Name] {
+				ve.add(mp+".name", "metric %q is defined twice in the template", m.Name)
+			}
+			metrics[m.Name] = true
+			validateMetric(ve, mp, m)
+		}
+	}
+	if b := a.BackgroundAnalysis; b != nil {
+		bp := path + ".background"
+		checkTemplateRefs(ve, bp+".templates", b.Templates, a)
+		steps := 0
+		if c != nil {
+			steps = len(c.Steps)
+		}
+		if b.StartingStep < 0 || b.StartingStep > steps {
+			ve.add(bp+".starting_step", "must be between 0 and the number of steps (%d), got %d", steps, b.StartingStep)
+		}
+	}
+}
+
+func validateAnalysisStep(ve *ValidationError, path string, s *AnalysisStep, a *Analysis) {
+	checkTemplateRefs(ve, path+".templates", s.Templates, a)
+	switch s.OnInconclusive {
+	case "", OnInconclusivePause, OnInconclusiveRetry:
+	default:
+		ve.add(path+".on_inconclusive", "must be %q or %q, got %q", OnInconclusivePause, OnInconclusiveRetry, s.OnInconclusive)
+	}
+}
+
+func checkTemplateRefs(ve *ValidationError, path string, refs []string, a *Analysis) {
+	if len(refs) == 0 {
+		ve.add(path, "name at least one template")
+	}
+	for i, r := range refs {
+		if _, ok := a.Template(r); !ok {
+			ve.add(fmt.Sprintf("%s[%d]", path, i), "no template named %q in analysis.templates", r)
+		}
+	}
+}
+
+func validateMetric(ve *ValidationError, mp string, m Metric) {
+	pv := m.Provider
+	n := 0
+	if pv.Builtin != "" {
+		n++
+		switch pv.Builtin {
+		case BuiltinErrorRate, BuiltinRequestRate:
+		case BuiltinLatencyQuantile:
+			if !(pv.Quantile > 0 && pv.Quantile < 1) {
+				ve.add(mp+".provider.quantile", "must be in (0, 1) for %s, got %v", BuiltinLatencyQuantile, pv.Quantile)
+			}
+		default:
+			ve.add(mp+".provider.builtin", "must be one of %s, %s, %s; got %q", BuiltinErrorRate, BuiltinLatencyQuantile, BuiltinRequestRate, pv.Builtin)
+		}
+	}
+	if pv.ClickHouse != nil {
+		n++
+		if strings.TrimSpace(pv.ClickHouse.Query) == "" {
+			ve.add(mp+".provider.clickhouse.query", "is empty")
+		}
+	}
+	if pv.Prometheus != nil {
+		n++
+		if strings.TrimSpace(pv.Prometheus.Query) == "" {
+			ve.add(mp+".provider.prometheus.query", "is empty")
+		}
+		if !strings.HasPrefix(pv.Prometheus.Address, "http://") && !strings.HasPrefix(pv.Prometheus.Address, "https://") {
+			ve.add(mp+".provider.prometheus.address", "must be an http(s) URL, got %q", pv.Prometheus.Address)
+		}
+	}
+	if n != 1 {
+		ve.add(mp+".provider", "exactly one of builtin, clickhouse, prometheus must be set, got %d", n)
+	}
+	if m.SuccessCondition == "" && m.FailureCondition == "" {
+		ve.add(mp, "set a success_condition, a failure_condition or both")
+	}
+	if m.Interval != 0 && (m.Interval < time.Second || m.Interval%time.Second != 0) {
+		ve.add(mp+".interval", "must be a whole number of seconds, at least 1s, got %s", m.Interval)
+	}
+	if m.Window != 0 && (m.Window < time.Second || m.Window%time.Second != 0 || m.Window > MaxMetricWindow) {
+		ve.add(mp+".window", "must be a whole number of seconds between 1s and %s, got %s", MaxMetricWindow, m.Window)
+	}
+	if m.InitialDelay < 0 || m.InitialDelay > MaxMetricWindow {
+		ve.add(mp+".initial_delay", "must be between 0 and %s, got %s", MaxMetricWindow, m.InitialDelay)
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"count", m.Count}, {"failure_limit", m.FailureLimit}, {"inconclusive_limit", m.InconclusiveLimit}} {
+		if f.v < 0 {
+			ve.add(mp+"."+f.name, "must not be negative, got %d", f.v)
+		}
+	}
+	if m.ConsecutiveErrorLimit != nil && *m.ConsecutiveErrorLimit < 0 {
+		ve.add(mp+".consecutive_error_limit", "must not be negative, got %d", *m.ConsecutiveErrorLimit)
+	}
+	if m.MinSampleSize < 0 {
+		ve.add(mp+".min_sample_size", "must not be negative, got %d", m.MinSampleSize)
+	}
 }

@@ -20,6 +20,12 @@ const (
 	UpdateResume  = "resume"
 	UpdatePromote = "promote"
 	UpdateAbort   = "abort"
+	// UpdateVerdict carries an analysis run's verdict from the analysis
+	// worker (VerdictRequest).
+	UpdateVerdict = "verdict"
+	// VersionAnalysis guards the analysis runs added in version 1 of the
+	// workflow (workflow.GetVersion change ID).
+	VersionAnalysis = "analysis-runs"
 	// QueryStatus returns the rollout.Record.
 	QueryStatus = "status"
 	// Activity names.

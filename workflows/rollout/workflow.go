@@ -42,6 +42,14 @@ type ControlRequest struct {
 // as new well before Temporal's own limits are near.
 const DefaultContinueAfter = 2000
 
+// VerdictRequest is the argument of the verdict update.
+type VerdictRequest struct {
+	RolloutID string
+	RunID     string
+	Phase     corerollout.RunPhase
+	Message   string
+}
+
 // ErrWrongRollout is returned by the update validators.
 var ErrWrongRollout = errors.New("not the active rollout of this service")
 
@@ -93,7 +101,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 			return func(s corerollout.Status, now time.Time) (corerollout.Status, error) { return canary.Pause(s, now) }
 		}),
 		register(UpdateResume, func(ControlRequest) event {
-			return func(s corerollout.Status, now time.Time) (corerollout.Status, error) { return canary.Resume(s, now) }
+			return func(s corerollout.Status, now time.Time) (corerollout.Status, error) { return canary.Resume(spec, s, now) }
 		}),
 		register(UpdatePromote, func(r ControlRequest) event {
 			return func(s corerollout.Status, now time.Time) (corerollout.Status, error) {
@@ -108,6 +116,33 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	)
 	if err != nil {
 		return Result{}, fmt.Errorf("register updates: %w", err)
+	}
+	// Version 1 added analysis runs and their verdicts. Histories recorded
+	// before it have no marker and no analysis in their spec; the marker
+	// keeps a future change of this path replayable.
+	if workflow.GetVersion(ctx, VersionAnalysis, workflow.DefaultVersion, 1) >= 1 {
+		err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateVerdict,
+			func(ctx workflow.Context, req VerdictRequest) (corerollout.Record, error) {
+				next, err := canary.Verdict(st, req.RunID, req.Phase, req.Message, workflow.Now(ctx))
+				if err != nil {
+					return record(), temporal.NewApplicationError(err.Error(), ErrTypeRefused)
+				}
+				st = next
+				return record(), nil
+			},
+			workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, req VerdictRequest) error {
+				if req.RolloutID != spec.ID {
+					return temporal.NewApplicationError(fmt.Sprintf("rollout %q: %v (active: %q)", req.RolloutID, ErrWrongRollout, spec.ID), ErrTypeRefused)
+				}
+				if _, err := canary.Verdict(st, req.RunID, req.Phase, req.Message, workflow.Now(ctx)); err != nil {
+					return temporal.NewApplicationError(err.Error(), ErrTypeRefused)
+				}
+				return nil
+			}},
+		)
+		if err != nil {
+			return Result{}, fmt.Errorf("register verdict update: %w", err)
+		}
 	}
 
 	var published uint64

@@ -333,3 +333,52 @@ func TestWorkflowContinuesAsNewCarryingItsState(t *testing.T) {
 		t.Fatalf("applied %d states across both runs, want 31 (30 steps and the promotion) with none repeated: %v", len(rec.weights), rec.weights)
 	}
 }
+
+func TestWorkflowAnalysisVerdictsDriveTheRollout(t *testing.T) {
+	spec := func() corerollout.Spec {
+		sp := testSpec(
+			corerollout.Step{SetWeight: weight(20)},
+			corerollout.Step{Analysis: &corerollout.AnalysisStep{Templates: []string{"slo"}}},
+			corerollout.Step{SetWeight: weight(50)},
+		)
+		sp.Analysis = &corerollout.Analysis{Templates: []corerollout.AnalysisTemplate{{Name: "slo", Metrics: []corerollout.Metric{{
+			Name: "errors", Provider: corerollout.MetricProvider{Builtin: corerollout.BuiltinErrorRate}, SuccessCondition: "result < 0.01",
+		}}}}}
+		return sp
+	}
+	cases := []struct {
+		name      string
+		verdict   corerollout.RunPhase
+		wantPhase corerollout.Phase
+		wantLast  int32
+	}{
+		{"successful analysis completes the step", corerollout.RunSuccessful, corerollout.PhaseSucceeded, 100},
+		{"failed analysis aborts automatically", corerollout.RunFailed, corerollout.PhaseAborted, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{}
+			env := newEnv(t, rec)
+			var rejected error
+			env.RegisterDelayedCallback(func() {
+				env.UpdateWorkflow(UpdateVerdict, "v1", &testsuite.TestUpdateCallback{
+					OnReject: func(err error) { rejected = err }, OnAccept: func() {}, OnComplete: func(interface{}, error) {},
+				}, VerdictRequest{RolloutID: "r1", RunID: "r1.step1-1", Phase: tc.verdict, Message: "error rate 4.1% vs stable 0.3%"})
+			}, time.Minute)
+			env.ExecuteWorkflow(WorkflowName, Input{Spec: spec()})
+			st := result(t, env)
+			if rejected != nil {
+				t.Fatalf("verdict rejected: %v", rejected)
+			}
+			if st.Phase != tc.wantPhase {
+				t.Fatalf("phase %s (%s), want %s", st.Phase, st.Message, tc.wantPhase)
+			}
+			if last := rec.weights[len(rec.weights)-1]; last != tc.wantLast {
+				t.Fatalf("last weight %d, want %d (%v)", last, tc.wantLast, rec.weights)
+			}
+			if tc.wantPhase == corerollout.PhaseAborted && (st.AbortedBy != "analysis" || !strings.Contains(st.Reason, "4.1%")) {
+				t.Fatalf("aborted by %q reason %q, want analysis with the explanation", st.AbortedBy, st.Reason)
+			}
+		})
+	}
+}
