@@ -17,10 +17,17 @@ func decode(data []byte, p *problems) (any, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	v, err := decodeValue(dec, "", p)
 	if err != nil {
+		// The token decoder's offsets are approximate; json.Unmarshal
+		// reports where the syntax error is.
+		var x any
+		if uerr := json.Unmarshal(data, &x); uerr != nil {
+			err = uerr
+		}
 		return nil, describeJSONError(err)
 	}
+	end := dec.InputOffset()
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("invalid JSON: unexpected data after the top-level value at offset %d", dec.InputOffset())
+		return nil, fmt.Errorf("invalid JSON: unexpected data after the top-level value, which ends at offset %d", end)
 	}
 	return v, nil
 }
@@ -78,9 +85,6 @@ func describeJSONError(err error) error {
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
 		return fmt.Errorf("invalid JSON at offset %d: %v", se.Offset, se)
-	}
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return errors.New("invalid JSON: unexpected end of input")
 	}
 	return fmt.Errorf("invalid JSON: %v", err)
 }

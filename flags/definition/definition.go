@@ -326,7 +326,7 @@ func checkFlag(at, key string, raw any, evals *evaluators, p *problems) *Flag {
 			if len(t) > 0 {
 				f.Targeting = t
 				checkRule(tat, t, evals, p)
-				checkResults(tat, t, f.Variants, evals, "", nil, p)
+				checkResults(tat, t, f.Variants, evals, p)
 				f.Rule = evals.resolve(t)
 			}
 		default:

@@ -409,29 +409,43 @@ func checkFractional(at string, operand any, ev *evaluators, p *problems) {
 	}
 }
 
-// checkResults checks that every constant a rule can return as a variant
+// resultCheck checks that every constant a rule can return as a variant
 // name is a variant of the flag. It follows the branches of "if", the
 // buckets of "fractional" and references to evaluators; what other
 // operators return depends on the data and is not checked.
-func checkResults(at string, v any, variants map[string]any, ev *evaluators, via string, seen []string, p *problems) {
+type resultCheck struct {
+	variants map[string]any
+	ev       *evaluators
+	p        *problems
+	refAt    string   // inside an evaluator: where the flag refers to it
+	via      []string // the evaluators followed, outermost first
+}
+
+func checkResults(at string, rule any, variants map[string]any, ev *evaluators, p *problems) {
 	if variants == nil {
 		return // already reported
 	}
-	report := func(name string) {
-		if _, ok := variants[name]; ok {
-			return
-		}
-		if via != "" {
-			p.soft(at, "evaluator %q can return %q, which is not one of the flag's variants (%s)", via, name, quotedKeys(variants))
-			return
-		}
-		p.soft(at, "targeting can return %q, which is not one of the flag's variants (%s)", name, quotedKeys(variants))
+	resultCheck{variants: variants, ev: ev, p: p}.check(at, rule)
+}
+
+func (c resultCheck) report(at, name string) {
+	if _, ok := c.variants[name]; ok {
+		return
 	}
+	if len(c.via) > 0 {
+		c.p.soft(c.refAt, "evaluator %q can return %q, which is not one of the flag's variants (%s)",
+			c.via[len(c.via)-1], name, quotedKeys(c.variants))
+		return
+	}
+	c.p.soft(at, "targeting can return %q, which is not one of the flag's variants (%s)", name, quotedKeys(c.variants))
+}
+
+func (c resultCheck) check(at string, v any) {
 	switch v := v.(type) {
 	case string:
-		report(v)
+		c.report(at, v)
 	case bool:
-		report(strconv.FormatBool(v))
+		c.report(at, strconv.FormatBool(v))
 	case map[string]any:
 		if len(v) != 1 {
 			return
@@ -442,25 +456,30 @@ func checkResults(at string, v any, variants map[string]any, ev *evaluators, via
 			switch op {
 			case "if", "?:":
 				for i := 1; i < len(args); i += 2 {
-					checkResults(pointer(oat, strconv.Itoa(i)), args[i], variants, ev, via, seen, p)
+					c.check(pointer(oat, strconv.Itoa(i)), args[i])
 				}
 				if len(args)%2 == 1 {
 					last := len(args) - 1
-					checkResults(pointer(oat, strconv.Itoa(last)), args[last], variants, ev, via, seen, p)
+					c.check(pointer(oat, strconv.Itoa(last)), args[last])
 				}
 			case "fractional":
 				for i, b := range args {
 					if pair, ok := b.([]any); ok && len(pair) > 0 {
-						checkResults(pointer(pointer(oat, strconv.Itoa(i)), "0"), pair[0], variants, ev, via, seen, p)
+						c.check(pointer(pointer(oat, strconv.Itoa(i)), "0"), pair[0])
 					}
 				}
 			case "$ref":
 				name, ok := operand.(string)
-				body, exists := ev.raw[name]
-				if !ok || !exists || slices.Contains(seen, name) {
+				body, exists := c.ev.raw[name]
+				if !ok || !exists || slices.Contains(c.via, name) {
 					return
 				}
-				checkResults(at, body, variants, ev, name, append(seen, name), p)
+				inner := c
+				if len(c.via) == 0 {
+					inner.refAt = at
+				}
+				inner.via = append(slices.Clone(c.via), name)
+				inner.check(at, body)
 			}
 		}
 	}
