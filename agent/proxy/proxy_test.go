@@ -135,6 +135,7 @@ func get(t testing.TB, c *http.Client, url string, header map[string]string, coo
 }
 
 func TestWeightedSplit(t *testing.T) {
+	t.Parallel()
 	p, url, _ := newTestProxy(t, threeRevisions(t))
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 	const requests, workers = 10000, 8
@@ -175,6 +176,7 @@ func TestWeightedSplit(t *testing.T) {
 }
 
 func TestStickyOverHTTP(t *testing.T) {
+	t.Parallel()
 	p, url, _ := newTestProxy(t, threeRevisions(t))
 	client := &http.Client{}
 	tests := []struct {
@@ -191,7 +193,7 @@ func TestStickyOverHTTP(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			const users = 2000
+			const users = 500
 			var previous map[string]bool
 			for _, w := range []int32{5, 20, 50} {
 				d := split(w)
@@ -279,6 +281,7 @@ func TestH2C(t *testing.T) {
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
 	client := &http.Client{Transport: &http.Transport{Protocols: &protos}}
+	t.Cleanup(client.CloseIdleConnections) // runs before the server's graceful shutdown
 	resp, err := client.Get(url)
 	if err != nil {
 		t.Fatalf("h2c GET: %v", err)
