@@ -300,21 +300,24 @@ func (l *Loop) Run(ctx context.Context) error {
 		l.log.Error("restore persisted state", "err", err)
 	}
 	reconnected := make(chan struct{}, 1)
-	kick := func(*nats.Conn) {
-		signal(reconnected)
-		signal(l.reportNow)
-		l.m.connected(1)
-	}
 	opts := append([]nats.Option{
 		nats.Name("sluice-agent " + l.id),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
-		nats.ConnectHandler(kick),
+		// The first connection needs no re-watch: the watch starts once
+		// the buckets open, which needs the connection.
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			l.log.Info("NATS connected", "url", nc.ConnectedUrlRedacted())
+			l.m.connected(1)
+			signal(l.reportNow)
+		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			l.log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted())
-			kick(nc)
+			l.m.connected(1)
+			signal(reconnected)
+			signal(l.reportNow)
 		}),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
 			l.synced.Store(false)
