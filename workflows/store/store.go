@@ -45,9 +45,9 @@ var ErrExists = errors.New("already exists")
 // opens them with the same configuration so creation is idempotent.
 func Buckets() []jetstream.KeyValueConfig {
 	return []jetstream.KeyValueConfig{
-		{Bucket: bus.DesiredBucket, History: bus.DesiredHistory, Storage: jetstream.FileStorage, Description: "desired routing per service"},
-		{Bucket: bus.AgentsBucket, History: bus.AgentsHistory, Storage: jetstream.FileStorage, Description: "agent reports"},
-		{Bucket: bus.RolloutsBucket, History: bus.RolloutsHistory, Storage: jetstream.FileStorage, Description: "rollout projection"},
+		{Bucket: bus.DesiredBucket, History: bus.DesiredHistory, Storage: jetstream.FileStorage},
+		{Bucket: bus.AgentsBucket, History: bus.AgentsHistory, Storage: jetstream.FileStorage},
+		{Bucket: bus.RolloutsBucket, History: bus.RolloutsHistory, Storage: jetstream.FileStorage},
 	}
 }
 
