@@ -101,7 +101,9 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 			return func(s corerollout.Status, now time.Time) (corerollout.Status, error) { return canary.Pause(s, now) }
 		}),
 		register(UpdateResume, func(ControlRequest) event {
-			return func(s corerollout.Status, now time.Time) (corerollout.Status, error) { return canary.Resume(spec, s, now) }
+			return func(s corerollout.Status, now time.Time) (corerollout.Status, error) {
+				return canary.Resume(spec, s, now)
+			}
 		}),
 		register(UpdatePromote, func(r ControlRequest) event {
 			return func(s corerollout.Status, now time.Time) (corerollout.Status, error) {
