@@ -69,10 +69,49 @@ func (n *node) eval(e *env) value {
 	return nullValue
 }
 
+// test evaluates n for its truthiness only, as a condition. Operations
+// that produce booleans answer without building a value.
+func (n *node) test(e *env) bool {
+	switch n.op {
+	case opConst:
+		return n.lit.truthy()
+	case opAnd:
+		for _, a := range n.args {
+			if !a.test(e) {
+				return false
+			}
+		}
+		return len(n.args) > 0
+	case opOr:
+		for _, a := range n.args {
+			if a.test(e) {
+				return true
+			}
+		}
+		return false
+	case opNot, opNotNot:
+		if len(n.args) == 0 {
+			return n.op == opNot
+		}
+		return n.args[0].test(e) != (n.op == opNot)
+	case opEq, opNe, opStrictEq, opStrictNe:
+		return n.equality(e)
+	case opIn:
+		return n.contains(e)
+	case opStartsWith, opEndsWith:
+		r, ok := n.affixMatch(e)
+		return ok && r
+	case opSemver:
+		r, ok := n.semverMatch(e)
+		return ok && r
+	}
+	return n.eval(e).truthy()
+}
+
 func (n *node) evalIf(e *env) value {
 	args := n.args
 	for len(args) >= 2 {
-		if args[0].eval(e).truthy() {
+		if args[0].test(e) {
 			return args[1].eval(e)
 		}
 		args = args[2:]
@@ -97,10 +136,12 @@ func (n *node) evalAndOr(e *env) value {
 	return last
 }
 
-func (n *node) evalEquality(e *env) value {
+func (n *node) evalEquality(e *env) value { return boolValue(n.equality(e)) }
+
+func (n *node) equality(e *env) bool {
 	negate := n.op == opNe || n.op == opStrictNe
 	if len(n.args) < 2 {
-		return boolValue(negate)
+		return negate
 	}
 	a, b := n.args[0].eval(e), n.args[1].eval(e)
 	var eq bool
@@ -109,7 +150,7 @@ func (n *node) evalEquality(e *env) value {
 	} else {
 		eq = strictEqual(a, b)
 	}
-	return boolValue(eq != negate)
+	return eq != negate
 }
 
 func (n *node) evalNot(e *env) value {
@@ -142,15 +183,25 @@ func (n *node) evalArray(e *env) value {
 
 // evalAffix is flagd's starts_with and ends_with.
 func (n *node) evalAffix(e *env) value {
+	r, ok := n.affixMatch(e)
+	if !ok {
+		return nullValue // flagd: null, so the default variant is served
+	}
+	return boolValue(r)
+}
+
+// affixMatch tests the prefix or suffix; ok is false when an operand is not
+// a string.
+func (n *node) affixMatch(e *env) (result, ok bool) {
 	s, ok1 := n.args[0].evalString(e)
 	t, ok2 := n.args[1].evalString(e)
 	if !ok1 || !ok2 {
-		return nullValue // flagd: null, so the default variant is served
+		return false, false
 	}
 	if n.op == opStartsWith {
-		return boolValue(strings.HasPrefix(s, t))
+		return strings.HasPrefix(s, t), true
 	}
-	return boolValue(strings.HasSuffix(s, t))
+	return strings.HasSuffix(s, t), true
 }
 
 func (n *node) evalVar(e *env) value {
@@ -329,22 +380,24 @@ func (n *node) evalCompare(e *env) value {
 	}
 }
 
-func (n *node) evalIn(e *env) value {
+func (n *node) evalIn(e *env) value { return boolValue(n.contains(e)) }
+
+func (n *node) contains(e *env) bool {
 	if len(n.args) < 2 {
-		return falseValue
+		return false
 	}
 	if n.strs != nil || n.strSet != nil {
 		if needle, ok := n.args[0].evalString(e); ok {
 			if n.strSet != nil {
 				_, ok := n.strSet[needle]
-				return boolValue(ok)
+				return ok
 			}
 			for _, s := range n.strs {
 				if s == needle {
-					return trueValue
+					return true
 				}
 			}
-			return falseValue
+			return false
 		}
 	}
 	needle := n.args[0].eval(e)
@@ -353,25 +406,25 @@ func (n *node) evalIn(e *env) value {
 	case kStr:
 		switch needle.k {
 		case kStr:
-			return boolValue(strings.Contains(hay.s, needle.s))
+			return strings.Contains(hay.s, needle.s)
 		case kNum:
-			return boolValue(strings.Contains(hay.s, needle.string()))
+			return strings.Contains(hay.s, needle.string())
 		}
 	case kArr:
 		for _, x := range hay.arr() {
 			el := fromAny(x)
 			if needle.k == kNum {
 				if el.k != kArr && el.number() == needle.n {
-					return trueValue
+					return true
 				}
 				continue
 			}
 			if el.k == needle.k && (el.k == kNull || el.k == kStr && el.s == needle.s || el.k == kBool && el.n == needle.n) {
-				return trueValue
+				return true
 			}
 		}
 	}
-	return falseValue
+	return false
 }
 
 func (n *node) evalCat(e *env) value {
@@ -657,35 +710,44 @@ func semverString(v value) (string, bool) {
 // yields null (so the default variant is served) when an operand is not a
 // version or the operator is unknown.
 func (n *node) evalSemver(e *env) value {
+	r, ok := n.semverMatch(e)
+	if !ok {
+		return nullValue
+	}
+	return boolValue(r)
+}
+
+// semverMatch compares; ok is false where flagd's sem_ver yields null.
+func (n *node) semverMatch(e *env) (result, ok bool) {
 	sc := n.semver
 	if sc != nil && !sc.valid {
-		return nullValue
+		return false, false
 	}
 	s, ok := n.args[0].evalString(e)
 	if !ok {
 		if s, ok = semverString(n.args[0].eval(e)); !ok {
-			return nullValue
+			return false, false
 		}
 	}
 	v, ok := parseSemver(s)
 	if !ok {
-		return nullValue
+		return false, false
 	}
 	if sc != nil {
-		return boolValue(sc.op.apply(&v, &sc.target))
+		return sc.op.apply(&v, &sc.target), true
 	}
 	opv := n.args[1].eval(e)
 	if opv.k != kStr {
-		return nullValue
+		return false, false
 	}
 	op := parseSemverOp(opv.s)
 	ts, ok := semverString(n.args[2].eval(e))
 	if !ok || op == semverInvalid {
-		return nullValue
+		return false, false
 	}
 	t, ok := parseSemver(ts)
 	if !ok {
-		return nullValue
+		return false, false
 	}
-	return boolValue(op.apply(&v, &t))
+	return op.apply(&v, &t), true
 }

@@ -44,6 +44,10 @@ func TestOperators(t *testing.T) {
 		"strs":    []string{"x", "y"}, // converted through JSON
 		"version": "2.1.0",
 		"vnum":    1.2,
+		"jnum":    json.Number("12.5"),
+		"obj":     map[string]any{},
+		"nested":  []any{[]any{"x", 1.0}, map[string]any{"k": "v"}},
+		"people":  []any{map[string]any{"a": 1.0}, map[string]any{"a": 2.0}},
 	}
 	tests := []struct {
 		rule string
@@ -75,6 +79,41 @@ func TestOperators(t *testing.T) {
 		{`{"var": "$flagd.flagKey"}`, "", "my-flag"},
 		{`{"var": "$flagd.timestamp"}`, "", 1700000000.0},
 		{`{"var": "$flagd.other"}`, "", nil},
+		{`{"var": "$flagd"}`, "", map[string]any{"flagKey": "my-flag", "timestamp": 1700000000.0}},
+		{`{"var": "targetingKey.x"}`, "tk-1", nil},
+		{`{"var": "jnum"}`, "", 12.5},
+		{`{"var": null}`, "", nil},
+		{`{"var": [{"var": "nope"}, "d"]}`, "", nil},
+		{`{"var": [{"var": "list"}, "d"]}`, "", "d"},
+		{`{"var": 1}`, "", nil},
+		{`{"!!": {"var": "obj"}}`, "", false},
+		{`{"!!": {"var": "user"}}`, "", true},
+		{`{"cat": [{"var": "nested"}, "|", {"var": "user"}]}`, "", "x,1,[object Object]|[object Object]"},
+		{`{">": [3, 2, 1]}`, "", true},
+		{`{">=": [3, 3, 1]}`, "", true},
+		{`{">": [3]}`, "", false},
+		{`{"!": []}`, "", true},
+		{`{"!!": []}`, "", false},
+		{`{"substr": []}`, "", ""},
+		{`{"substr": ["abc", 10]}`, "", "abc"},
+		{`{"substr": ["abc", 1, -5]}`, "", ""},
+		{`{"%": [1]}`, "", nil},
+		{`{"/": []}`, "", 0.0},
+		{`{"-": []}`, "", 0.0},
+		{`{"missing_some": [1]}`, "", []any{}},
+		{`{"missing_some": [1, "x"]}`, "", []any{}},
+		{`{"reduce": [{"var": "user.tags"}, {"cat": [{"var": "accumulator"}, {"var": "current"}]}, ""]}`, "", "ab"},
+		{`{"reduce": [{"var": "list"}, {"var": "current"}, false]}`, "", true},
+		{`{"reduce": [{"var": "nope"}, 1, 7]}`, "", 7.0},
+		{`{"reduce": [{"var": "nope"}, 1]}`, "", 0.0},
+		{`{"filter": [{"var": "nope"}, true]}`, "", []any{}},
+		{`{"none": [{"var": "nope"}, true]}`, "", true},
+		{`{"all": [{"var": "nope"}, true]}`, "", false},
+		{`{"map": [{"var": "people"}, {"var": "a"}]}`, "", []any{1.0, 2.0}},
+		{`{"map": [[1, [2]], {"var": null}]}`, "", []any{1.0, nil}},
+		{`{"map": [{"var": "people"}, {"var": "$flagd.flagKey"}]}`, "", []any{nil, nil}},
+		{`{"==": [{"var": ""}, null]}`, "", false},
+		{`{"var": "user.tags.x"}`, "", nil},
 		// if
 		{`{"if": [true, "a", "b"]}`, "", "a"},
 		{`{"if": [false, "a", "b"]}`, "", "b"},
@@ -213,6 +252,12 @@ func TestOperators(t *testing.T) {
 			}
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("%s with targeting key %q = %#v, want %#v", tt.rule, tt.tk, got, tt.want)
+			}
+			// As a condition, the rule must be exactly as truthy as its value.
+			n, _ := compile(decodeJSON(t, tt.rule))
+			e := env{attrs: data, targetingKey: tt.tk, flagKey: "my-flag", timestamp: 1700000000}
+			if got, want := n.test(&e), n.eval(&e).truthy(); got != want {
+				t.Errorf("%s: test() = %v, truthiness of its value = %v", tt.rule, got, want)
 			}
 		})
 	}
