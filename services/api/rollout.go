@@ -58,7 +58,10 @@ func (e *RefusedError) Error() string { return e.Msg }
 type RolloutHandler struct {
 	Records   Records
 	Workflows Workflows
-	Log       *slog.Logger
+	// Measurements reads analysis measurements; nil when no analysis
+	// storage is configured.
+	Measurements Measurements
+	Log          *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -75,7 +78,11 @@ func (h *RolloutHandler) now() time.Time {
 // CreateRollout implements RolloutService.
 func (h *RolloutHandler) CreateRollout(ctx context.Context, req *connect.Request[rolloutv1.CreateRolloutRequest]) (*connect.Response[rolloutv1.CreateRolloutResponse], error) {
 	spec := convert.SpecFromProto(req.Msg.GetSpec())
-	if err := corerollout.Validate(spec, "spec"); err != nil {
+	err := corerollout.Validate(spec, "spec")
+	if err == nil {
+		err = validateAnalysisExpressions(spec)
+	}
+	if err != nil {
 		var ve *corerollout.ValidationError
 		if errors.As(err, &ve) {
 			return nil, invalidArgument(ve.Fields)

@@ -316,3 +316,51 @@ func TestControlOfEndedRolloutIsFailedPrecondition(t *testing.T) {
 		t.Fatalf("abort missing rollout: %v, want NotFound", err)
 	}
 }
+
+func analysisSpec(success string, query string) *rolloutv1.RolloutSpec {
+	s := validSpec()
+	metric := &rolloutv1.Metric{Name: "errors", SuccessCondition: success, Provider: &rolloutv1.MetricProvider{
+		Source: &rolloutv1.MetricProvider_Builtin{Builtin: &rolloutv1.BuiltinMetric{Name: "error-rate"}},
+	}}
+	if query != "" {
+		metric.Provider.Source = &rolloutv1.MetricProvider_Clickhouse{Clickhouse: &rolloutv1.ClickHouseMetric{Query: query}}
+	}
+	s.Analysis = &rolloutv1.Analysis{Templates: []*rolloutv1.AnalysisTemplate{{Name: "slo", Metrics: []*rolloutv1.Metric{metric}}}}
+	s.GetStrategy().GetCanary().Steps = append(s.GetStrategy().GetCanary().Steps,
+		&rolloutv1.CanaryStep{Step: &rolloutv1.CanaryStep_Analysis{Analysis: &rolloutv1.AnalysisStep{Templates: []string{"slo"}}}})
+	return s
+}
+
+func TestCreateRolloutValidatesAnalysis(t *testing.T) {
+	client, _ := newTestServer(t)
+	tests := []struct {
+		name      string
+		spec      *rolloutv1.RolloutSpec
+		wantField string
+	}{
+		{"condition does not compile", analysisSpec("result <", ""), "spec.analysis.templates[0].metrics[0].success_condition"},
+		{"condition is not boolean", analysisSpec("result + 1", ""), "spec.analysis.templates[0].metrics[0].success_condition"},
+		{"unknown query placeholder", analysisSpec("result < 1", "SELECT {nope}"), "spec.analysis.templates[0].metrics[0].provider.clickhouse.query"},
+		{"step names a missing template", func() *rolloutv1.RolloutSpec {
+			s := analysisSpec("result < 0.01", "")
+			s.Analysis.Templates[0].Name = "other"
+			return s
+		}(), "spec.strategy.canary.steps[2].analysis.templates[0]"},
+		{"unknown builtin", func() *rolloutv1.RolloutSpec {
+			s := analysisSpec("result < 0.01", "")
+			s.Analysis.Templates[0].Metrics[0].Provider.Source = &rolloutv1.MetricProvider_Builtin{Builtin: &rolloutv1.BuiltinMetric{Name: "cpu"}}
+			return s
+		}(), "spec.analysis.templates[0].metrics[0].provider.builtin.name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := client.CreateRollout(context.Background(), connect.NewRequest(&rolloutv1.CreateRolloutRequest{Spec: tt.spec}))
+			if connect.CodeOf(err) != connect.CodeInvalidArgument || !hasFieldViolation(err, tt.wantField) {
+				t.Fatalf("err = %v, want InvalidArgument at %s", err, tt.wantField)
+			}
+		})
+	}
+	if _, err := client.CreateRollout(context.Background(), connect.NewRequest(&rolloutv1.CreateRolloutRequest{Spec: analysisSpec("result < 0.01 || result <= baseline * 1.5", "")})); err != nil {
+		t.Fatalf("valid analysis spec refused: %v", err)
+	}
+}

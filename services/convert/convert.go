@@ -25,6 +25,7 @@ func SpecFromProto(p *rolloutv1.RolloutSpec) rollout.Spec {
 		StableRevision:    p.GetStableRevision(),
 		CandidateRevision: p.GetCandidateRevision(),
 		CreatedBy:         p.GetCreatedBy(),
+		Analysis:          analysisFromProto(p.GetAnalysis()),
 	}
 	if len(p.GetSelector()) > 0 {
 		s.Selector = make(map[string]string, len(p.GetSelector()))
@@ -49,6 +50,8 @@ func SpecFromProto(p *rolloutv1.RolloutSpec) rollout.Spec {
 			case *rolloutv1.CanaryStep_SetHeaderRoute:
 				hr := headerRouteFromProto(x.SetHeaderRoute)
 				step.SetHeaderRoute = &hr
+			case *rolloutv1.CanaryStep_Analysis:
+				step.Analysis = &rollout.AnalysisStep{Templates: x.Analysis.GetTemplates(), OnInconclusive: x.Analysis.GetOnInconclusive()}
 			}
 			cs.Steps = append(cs.Steps, step)
 		}
@@ -67,6 +70,7 @@ func SpecToProto(s rollout.Spec) *rolloutv1.RolloutSpec {
 		CandidateRevision: s.CandidateRevision,
 		CreatedBy:         s.CreatedBy,
 		Strategy:          &rolloutv1.Strategy{},
+		Analysis:          analysisToProto(s.Analysis),
 	}
 	if c := s.Strategy.Canary; c != nil {
 		pc := &rolloutv1.CanaryStrategy{ProgressDeadline: durpb(c.ProgressDeadline)}
@@ -82,6 +86,8 @@ func SpecToProto(s rollout.Spec) *rolloutv1.RolloutSpec {
 				ps.Step = &rolloutv1.CanaryStep_Pause{Pause: &rolloutv1.Pause{Duration: durpb(st.Pause.Duration)}}
 			case st.SetHeaderRoute != nil:
 				ps.Step = &rolloutv1.CanaryStep_SetHeaderRoute{SetHeaderRoute: HeaderRouteToProto(*st.SetHeaderRoute)}
+			case st.Analysis != nil:
+				ps.Step = &rolloutv1.CanaryStep_Analysis{Analysis: &rolloutv1.AnalysisStep{Templates: st.Analysis.Templates, OnInconclusive: st.Analysis.OnInconclusive}}
 			}
 			pc.Steps = append(pc.Steps, ps)
 		}
@@ -134,6 +140,9 @@ func RecordToProto(r rollout.Record) *rolloutv1.Rollout {
 	}
 	for _, hr := range st.HeaderRoutes {
 		ps.HeaderRoutes = append(ps.HeaderRoutes, HeaderRouteToProto(hr))
+	}
+	for _, r := range st.Runs {
+		ps.AnalysisRuns = append(ps.AnalysisRuns, RunStatusToProto(r))
 	}
 	return &rolloutv1.Rollout{Spec: SpecToProto(r.Spec), Status: ps}
 }

@@ -93,6 +93,75 @@ func (Phase) EnumDescriptor() ([]byte, []int) {
 	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{0}
 }
 
+// RunPhase is the state of an analysis run, a metric or a measurement.
+type RunPhase int32
+
+const (
+	// RUN_PHASE_UNSPECIFIED is never set.
+	RunPhase_RUN_PHASE_UNSPECIFIED RunPhase = 0
+	// RUN_PHASE_RUNNING: measuring.
+	RunPhase_RUN_PHASE_RUNNING RunPhase = 1
+	// RUN_PHASE_SUCCESSFUL: passed.
+	RunPhase_RUN_PHASE_SUCCESSFUL RunPhase = 2
+	// RUN_PHASE_FAILED: failed; a failed run aborts the rollout.
+	RunPhase_RUN_PHASE_FAILED RunPhase = 3
+	// RUN_PHASE_INCONCLUSIVE: could not decide.
+	RunPhase_RUN_PHASE_INCONCLUSIVE RunPhase = 4
+	// RUN_PHASE_ERROR: could not be measured.
+	RunPhase_RUN_PHASE_ERROR RunPhase = 5
+	// RUN_PHASE_TERMINATED: stopped before a verdict (step passed, rollout ended).
+	RunPhase_RUN_PHASE_TERMINATED RunPhase = 6
+)
+
+// Enum value maps for RunPhase.
+var (
+	RunPhase_name = map[int32]string{
+		0: "RUN_PHASE_UNSPECIFIED",
+		1: "RUN_PHASE_RUNNING",
+		2: "RUN_PHASE_SUCCESSFUL",
+		3: "RUN_PHASE_FAILED",
+		4: "RUN_PHASE_INCONCLUSIVE",
+		5: "RUN_PHASE_ERROR",
+		6: "RUN_PHASE_TERMINATED",
+	}
+	RunPhase_value = map[string]int32{
+		"RUN_PHASE_UNSPECIFIED":  0,
+		"RUN_PHASE_RUNNING":      1,
+		"RUN_PHASE_SUCCESSFUL":   2,
+		"RUN_PHASE_FAILED":       3,
+		"RUN_PHASE_INCONCLUSIVE": 4,
+		"RUN_PHASE_ERROR":        5,
+		"RUN_PHASE_TERMINATED":   6,
+	}
+)
+
+func (x RunPhase) Enum() *RunPhase {
+	p := new(RunPhase)
+	*p = x
+	return p
+}
+
+func (x RunPhase) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RunPhase) Descriptor() protoreflect.EnumDescriptor {
+	return file_sluice_rollout_v1_rollout_proto_enumTypes[1].Descriptor()
+}
+
+func (RunPhase) Type() protoreflect.EnumType {
+	return &file_sluice_rollout_v1_rollout_proto_enumTypes[1]
+}
+
+func (x RunPhase) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RunPhase.Descriptor instead.
+func (RunPhase) EnumDescriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{1}
+}
+
 // RolloutSpec is the change a user asks for. It is immutable once created.
 type RolloutSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -110,7 +179,9 @@ type RolloutSpec struct {
 	// strategy says how traffic moves.
 	Strategy *Strategy `protobuf:"bytes,6,opt,name=strategy,proto3" json:"strategy,omitempty"`
 	// created_by is the identity the client declares (until authentication exists).
-	CreatedBy     string `protobuf:"bytes,7,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreatedBy string `protobuf:"bytes,7,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// analysis declares analysis templates and background analysis.
+	Analysis      *Analysis `protobuf:"bytes,8,opt,name=analysis,proto3" json:"analysis,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -194,6 +265,644 @@ func (x *RolloutSpec) GetCreatedBy() string {
 	return ""
 }
 
+func (x *RolloutSpec) GetAnalysis() *Analysis {
+	if x != nil {
+		return x.Analysis
+	}
+	return nil
+}
+
+// Analysis declares the templates a rollout is judged by, inline, so the
+// rollout keeps exactly what judged it.
+type Analysis struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// templates are named sets of metrics.
+	Templates []*AnalysisTemplate `protobuf:"bytes,1,rep,name=templates,proto3" json:"templates,omitempty"`
+	// background runs from starting_step until the rollout ends; a failed
+	// run aborts the rollout.
+	Background    *BackgroundAnalysis `protobuf:"bytes,2,opt,name=background,proto3" json:"background,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Analysis) Reset() {
+	*x = Analysis{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Analysis) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Analysis) ProtoMessage() {}
+
+func (x *Analysis) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Analysis.ProtoReflect.Descriptor instead.
+func (*Analysis) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Analysis) GetTemplates() []*AnalysisTemplate {
+	if x != nil {
+		return x.Templates
+	}
+	return nil
+}
+
+func (x *Analysis) GetBackground() *BackgroundAnalysis {
+	if x != nil {
+		return x.Background
+	}
+	return nil
+}
+
+// BackgroundAnalysis runs templates through the rollout.
+type BackgroundAnalysis struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// templates by name.
+	Templates []string `protobuf:"bytes,1,rep,name=templates,proto3" json:"templates,omitempty"`
+	// starting_step is the step index from which it runs.
+	StartingStep  int32 `protobuf:"varint,2,opt,name=starting_step,json=startingStep,proto3" json:"starting_step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackgroundAnalysis) Reset() {
+	*x = BackgroundAnalysis{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackgroundAnalysis) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackgroundAnalysis) ProtoMessage() {}
+
+func (x *BackgroundAnalysis) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackgroundAnalysis.ProtoReflect.Descriptor instead.
+func (*BackgroundAnalysis) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BackgroundAnalysis) GetTemplates() []string {
+	if x != nil {
+		return x.Templates
+	}
+	return nil
+}
+
+func (x *BackgroundAnalysis) GetStartingStep() int32 {
+	if x != nil {
+		return x.StartingStep
+	}
+	return 0
+}
+
+// AnalysisTemplate is a named set of metrics.
+type AnalysisTemplate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is a DNS label.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// metrics measured.
+	Metrics       []*Metric `protobuf:"bytes,2,rep,name=metrics,proto3" json:"metrics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AnalysisTemplate) Reset() {
+	*x = AnalysisTemplate{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AnalysisTemplate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AnalysisTemplate) ProtoMessage() {}
+
+func (x *AnalysisTemplate) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AnalysisTemplate.ProtoReflect.Descriptor instead.
+func (*AnalysisTemplate) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AnalysisTemplate) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AnalysisTemplate) GetMetrics() []*Metric {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
+// Metric is measured every interval over the trailing window and judged by
+// its conditions (expr-lang expressions over result and baseline).
+type Metric struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is a DNS label, unique in its template.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// provider says where the number comes from.
+	Provider *MetricProvider `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`
+	// success_condition, e.g. "result < 0.01".
+	SuccessCondition string `protobuf:"bytes,3,opt,name=success_condition,json=successCondition,proto3" json:"success_condition,omitempty"`
+	// failure_condition, e.g. "result > baseline * 2".
+	FailureCondition string `protobuf:"bytes,4,opt,name=failure_condition,json=failureCondition,proto3" json:"failure_condition,omitempty"`
+	// interval between measurements (default 1s).
+	Interval *durationpb.Duration `protobuf:"bytes,5,opt,name=interval,proto3" json:"interval,omitempty"`
+	// window each measurement covers (default 10s).
+	Window *durationpb.Duration `protobuf:"bytes,6,opt,name=window,proto3" json:"window,omitempty"`
+	// initial_delay before the first measurement.
+	InitialDelay *durationpb.Duration `protobuf:"bytes,7,opt,name=initial_delay,json=initialDelay,proto3" json:"initial_delay,omitempty"`
+	// count of measurements after which the metric is complete (0:
+	// unbounded in background analysis, 10 in a step).
+	Count int32 `protobuf:"varint,8,opt,name=count,proto3" json:"count,omitempty"`
+	// failure_limit: fail when more measurements than this failed.
+	FailureLimit int32 `protobuf:"varint,9,opt,name=failure_limit,json=failureLimit,proto3" json:"failure_limit,omitempty"`
+	// inconclusive_limit: inconclusive when more than this were.
+	InconclusiveLimit int32 `protobuf:"varint,10,opt,name=inconclusive_limit,json=inconclusiveLimit,proto3" json:"inconclusive_limit,omitempty"`
+	// consecutive_error_limit: error when more than this many in a row could
+	// not be measured (default 4).
+	ConsecutiveErrorLimit *int32 `protobuf:"varint,11,opt,name=consecutive_error_limit,json=consecutiveErrorLimit,proto3,oneof" json:"consecutive_error_limit,omitempty"`
+	// min_sample_size: fewer candidate requests in the window is inconclusive.
+	MinSampleSize int64 `protobuf:"varint,12,opt,name=min_sample_size,json=minSampleSize,proto3" json:"min_sample_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Metric) Reset() {
+	*x = Metric{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Metric) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Metric) ProtoMessage() {}
+
+func (x *Metric) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Metric.ProtoReflect.Descriptor instead.
+func (*Metric) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Metric) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Metric) GetProvider() *MetricProvider {
+	if x != nil {
+		return x.Provider
+	}
+	return nil
+}
+
+func (x *Metric) GetSuccessCondition() string {
+	if x != nil {
+		return x.SuccessCondition
+	}
+	return ""
+}
+
+func (x *Metric) GetFailureCondition() string {
+	if x != nil {
+		return x.FailureCondition
+	}
+	return ""
+}
+
+func (x *Metric) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *Metric) GetWindow() *durationpb.Duration {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *Metric) GetInitialDelay() *durationpb.Duration {
+	if x != nil {
+		return x.InitialDelay
+	}
+	return nil
+}
+
+func (x *Metric) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *Metric) GetFailureLimit() int32 {
+	if x != nil {
+		return x.FailureLimit
+	}
+	return 0
+}
+
+func (x *Metric) GetInconclusiveLimit() int32 {
+	if x != nil {
+		return x.InconclusiveLimit
+	}
+	return 0
+}
+
+func (x *Metric) GetConsecutiveErrorLimit() int32 {
+	if x != nil && x.ConsecutiveErrorLimit != nil {
+		return *x.ConsecutiveErrorLimit
+	}
+	return 0
+}
+
+func (x *Metric) GetMinSampleSize() int64 {
+	if x != nil {
+		return x.MinSampleSize
+	}
+	return 0
+}
+
+// MetricProvider is one source of numbers.
+type MetricProvider struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// source of the metric.
+	//
+	// Types that are valid to be assigned to Source:
+	//
+	//	*MetricProvider_Builtin
+	//	*MetricProvider_Clickhouse
+	//	*MetricProvider_Prometheus
+	Source        isMetricProvider_Source `protobuf_oneof:"source"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricProvider) Reset() {
+	*x = MetricProvider{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricProvider) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricProvider) ProtoMessage() {}
+
+func (x *MetricProvider) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricProvider.ProtoReflect.Descriptor instead.
+func (*MetricProvider) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *MetricProvider) GetSource() isMetricProvider_Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *MetricProvider) GetBuiltin() *BuiltinMetric {
+	if x != nil {
+		if x, ok := x.Source.(*MetricProvider_Builtin); ok {
+			return x.Builtin
+		}
+	}
+	return nil
+}
+
+func (x *MetricProvider) GetClickhouse() *ClickHouseMetric {
+	if x != nil {
+		if x, ok := x.Source.(*MetricProvider_Clickhouse); ok {
+			return x.Clickhouse
+		}
+	}
+	return nil
+}
+
+func (x *MetricProvider) GetPrometheus() *PrometheusMetric {
+	if x != nil {
+		if x, ok := x.Source.(*MetricProvider_Prometheus); ok {
+			return x.Prometheus
+		}
+	}
+	return nil
+}
+
+type isMetricProvider_Source interface {
+	isMetricProvider_Source()
+}
+
+type MetricProvider_Builtin struct {
+	// builtin metric computed from the agents' per-second rows.
+	Builtin *BuiltinMetric `protobuf:"bytes,1,opt,name=builtin,proto3,oneof"`
+}
+
+type MetricProvider_Clickhouse struct {
+	// clickhouse runs a custom query with bound parameters.
+	Clickhouse *ClickHouseMetric `protobuf:"bytes,2,opt,name=clickhouse,proto3,oneof"`
+}
+
+type MetricProvider_Prometheus struct {
+	// prometheus runs a PromQL instant query.
+	Prometheus *PrometheusMetric `protobuf:"bytes,3,opt,name=prometheus,proto3,oneof"`
+}
+
+func (*MetricProvider_Builtin) isMetricProvider_Source() {}
+
+func (*MetricProvider_Clickhouse) isMetricProvider_Source() {}
+
+func (*MetricProvider_Prometheus) isMetricProvider_Source() {}
+
+// BuiltinMetric is computed from the agents' rows in ClickHouse.
+type BuiltinMetric struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name: error-rate (errors/requests), latency-quantile (seconds),
+	// request-rate (requests per second).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// quantile for latency-quantile, in (0, 1).
+	Quantile      float64 `protobuf:"fixed64,2,opt,name=quantile,proto3" json:"quantile,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BuiltinMetric) Reset() {
+	*x = BuiltinMetric{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BuiltinMetric) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BuiltinMetric) ProtoMessage() {}
+
+func (x *BuiltinMetric) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BuiltinMetric.ProtoReflect.Descriptor instead.
+func (*BuiltinMetric) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *BuiltinMetric) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BuiltinMetric) GetQuantile() float64 {
+	if x != nil {
+		return x.Quantile
+	}
+	return 0
+}
+
+// ClickHouseMetric is a custom SQL query returning one number.
+type ClickHouseMetric struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// query with parameters {rollout}, {service}, {variant}, {start}, {end}.
+	Query         string `protobuf:"bytes,1,opt,name=query,proto3" json:"query,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClickHouseMetric) Reset() {
+	*x = ClickHouseMetric{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClickHouseMetric) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClickHouseMetric) ProtoMessage() {}
+
+func (x *ClickHouseMetric) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClickHouseMetric.ProtoReflect.Descriptor instead.
+func (*ClickHouseMetric) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ClickHouseMetric) GetQuery() string {
+	if x != nil {
+		return x.Query
+	}
+	return ""
+}
+
+// PrometheusMetric is a PromQL instant query returning one number.
+type PrometheusMetric struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// address of the Prometheus server, e.g. http://127.0.0.1:9090.
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// query with {{service}}, {{variant}}, {{rollout}}, {{window}}.
+	Query         string `protobuf:"bytes,2,opt,name=query,proto3" json:"query,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrometheusMetric) Reset() {
+	*x = PrometheusMetric{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrometheusMetric) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrometheusMetric) ProtoMessage() {}
+
+func (x *PrometheusMetric) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrometheusMetric.ProtoReflect.Descriptor instead.
+func (*PrometheusMetric) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PrometheusMetric) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *PrometheusMetric) GetQuery() string {
+	if x != nil {
+		return x.Query
+	}
+	return ""
+}
+
+// AnalysisStep gates progression on a run of templates.
+type AnalysisStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// templates by name.
+	Templates []string `protobuf:"bytes,1,rep,name=templates,proto3" json:"templates,omitempty"`
+	// on_inconclusive: "pause" (default) or "retry".
+	OnInconclusive string `protobuf:"bytes,2,opt,name=on_inconclusive,json=onInconclusive,proto3" json:"on_inconclusive,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AnalysisStep) Reset() {
+	*x = AnalysisStep{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AnalysisStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AnalysisStep) ProtoMessage() {}
+
+func (x *AnalysisStep) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AnalysisStep.ProtoReflect.Descriptor instead.
+func (*AnalysisStep) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AnalysisStep) GetTemplates() []string {
+	if x != nil {
+		return x.Templates
+	}
+	return nil
+}
+
+func (x *AnalysisStep) GetOnInconclusive() string {
+	if x != nil {
+		return x.OnInconclusive
+	}
+	return ""
+}
+
 // Strategy is exactly one deployment strategy. Field numbers 2 and 3 are
 // intended for blue-green and rolling.
 type Strategy struct {
@@ -210,7 +919,7 @@ type Strategy struct {
 
 func (x *Strategy) Reset() {
 	*x = Strategy{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[1]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -222,7 +931,7 @@ func (x *Strategy) String() string {
 func (*Strategy) ProtoMessage() {}
 
 func (x *Strategy) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[1]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -235,7 +944,7 @@ func (x *Strategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Strategy.ProtoReflect.Descriptor instead.
 func (*Strategy) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{1}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Strategy) GetStrategy() isStrategy_Strategy {
@@ -283,7 +992,7 @@ type CanaryStrategy struct {
 
 func (x *CanaryStrategy) Reset() {
 	*x = CanaryStrategy{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[2]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -295,7 +1004,7 @@ func (x *CanaryStrategy) String() string {
 func (*CanaryStrategy) ProtoMessage() {}
 
 func (x *CanaryStrategy) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[2]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -308,7 +1017,7 @@ func (x *CanaryStrategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanaryStrategy.ProtoReflect.Descriptor instead.
 func (*CanaryStrategy) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{2}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CanaryStrategy) GetSteps() []*CanaryStep {
@@ -332,8 +1041,7 @@ func (x *CanaryStrategy) GetProgressDeadline() *durationpb.Duration {
 	return nil
 }
 
-// CanaryStep is one step of a canary. Field number 4 is intended for
-// analysis steps.
+// CanaryStep is one step of a canary.
 type CanaryStep struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// step is what the step does.
@@ -343,6 +1051,7 @@ type CanaryStep struct {
 	//	*CanaryStep_SetWeight
 	//	*CanaryStep_Pause
 	//	*CanaryStep_SetHeaderRoute
+	//	*CanaryStep_Analysis
 	Step isCanaryStep_Step `protobuf_oneof:"step"`
 	// progress_deadline bounds how long agents get to apply this step.
 	ProgressDeadline *durationpb.Duration `protobuf:"bytes,10,opt,name=progress_deadline,json=progressDeadline,proto3" json:"progress_deadline,omitempty"`
@@ -352,7 +1061,7 @@ type CanaryStep struct {
 
 func (x *CanaryStep) Reset() {
 	*x = CanaryStep{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[3]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -364,7 +1073,7 @@ func (x *CanaryStep) String() string {
 func (*CanaryStep) ProtoMessage() {}
 
 func (x *CanaryStep) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[3]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -377,7 +1086,7 @@ func (x *CanaryStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanaryStep.ProtoReflect.Descriptor instead.
 func (*CanaryStep) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{3}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CanaryStep) GetStep() isCanaryStep_Step {
@@ -414,6 +1123,15 @@ func (x *CanaryStep) GetSetHeaderRoute() *HeaderRoute {
 	return nil
 }
 
+func (x *CanaryStep) GetAnalysis() *AnalysisStep {
+	if x != nil {
+		if x, ok := x.Step.(*CanaryStep_Analysis); ok {
+			return x.Analysis
+		}
+	}
+	return nil
+}
+
 func (x *CanaryStep) GetProgressDeadline() *durationpb.Duration {
 	if x != nil {
 		return x.ProgressDeadline
@@ -441,11 +1159,18 @@ type CanaryStep_SetHeaderRoute struct {
 	SetHeaderRoute *HeaderRoute `protobuf:"bytes,3,opt,name=set_header_route,json=setHeaderRoute,proto3,oneof"`
 }
 
+type CanaryStep_Analysis struct {
+	// analysis runs templates and waits for their verdict.
+	Analysis *AnalysisStep `protobuf:"bytes,4,opt,name=analysis,proto3,oneof"`
+}
+
 func (*CanaryStep_SetWeight) isCanaryStep_Step() {}
 
 func (*CanaryStep_Pause) isCanaryStep_Step() {}
 
 func (*CanaryStep_SetHeaderRoute) isCanaryStep_Step() {}
+
+func (*CanaryStep_Analysis) isCanaryStep_Step() {}
 
 // Pause is a timed or indefinite pause.
 type Pause struct {
@@ -458,7 +1183,7 @@ type Pause struct {
 
 func (x *Pause) Reset() {
 	*x = Pause{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[4]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +1195,7 @@ func (x *Pause) String() string {
 func (*Pause) ProtoMessage() {}
 
 func (x *Pause) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[4]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +1208,7 @@ func (x *Pause) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pause.ProtoReflect.Descriptor instead.
 func (*Pause) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{4}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Pause) GetDuration() *durationpb.Duration {
@@ -509,7 +1234,7 @@ type Match struct {
 
 func (x *Match) Reset() {
 	*x = Match{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[5]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -521,7 +1246,7 @@ func (x *Match) String() string {
 func (*Match) ProtoMessage() {}
 
 func (x *Match) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[5]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +1259,7 @@ func (x *Match) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Match.ProtoReflect.Descriptor instead.
 func (*Match) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{5}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Match) GetSource() isMatch_Source {
@@ -600,7 +1325,7 @@ type HeaderRoute struct {
 
 func (x *HeaderRoute) Reset() {
 	*x = HeaderRoute{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[6]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +1337,7 @@ func (x *HeaderRoute) String() string {
 func (*HeaderRoute) ProtoMessage() {}
 
 func (x *HeaderRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[6]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +1350,7 @@ func (x *HeaderRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderRoute.ProtoReflect.Descriptor instead.
 func (*HeaderRoute) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{6}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HeaderRoute) GetName() string {
@@ -698,7 +1423,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[7]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +1435,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[7]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +1448,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{7}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Backend) GetRevision() string {
@@ -772,14 +1497,16 @@ type RolloutStatus struct {
 	// finished_at is when the rollout ended.
 	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
 	// version counts changes; it only grows.
-	Version       uint64 `protobuf:"varint,15,opt,name=version,proto3" json:"version,omitempty"`
+	Version uint64 `protobuf:"varint,15,opt,name=version,proto3" json:"version,omitempty"`
+	// analysis_runs started so far, oldest first.
+	AnalysisRuns  []*AnalysisRunStatus `protobuf:"bytes,16,rep,name=analysis_runs,json=analysisRuns,proto3" json:"analysis_runs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RolloutStatus) Reset() {
 	*x = RolloutStatus{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[8]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +1518,7 @@ func (x *RolloutStatus) String() string {
 func (*RolloutStatus) ProtoMessage() {}
 
 func (x *RolloutStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[8]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +1531,7 @@ func (x *RolloutStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStatus.ProtoReflect.Descriptor instead.
 func (*RolloutStatus) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{8}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RolloutStatus) GetPhase() Phase {
@@ -912,6 +1639,422 @@ func (x *RolloutStatus) GetVersion() uint64 {
 	return 0
 }
 
+func (x *RolloutStatus) GetAnalysisRuns() []*AnalysisRunStatus {
+	if x != nil {
+		return x.AnalysisRuns
+	}
+	return nil
+}
+
+// AnalysisRunStatus is a run as the rollout sees it.
+type AnalysisRunStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is unique within the rollout.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// kind is "step" or "background".
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// step index for step runs.
+	Step int32 `protobuf:"varint,3,opt,name=step,proto3" json:"step,omitempty"`
+	// templates run.
+	Templates []string `protobuf:"bytes,4,rep,name=templates,proto3" json:"templates,omitempty"`
+	// phase of the run.
+	Phase RunPhase `protobuf:"varint,5,opt,name=phase,proto3,enum=sluice.rollout.v1.RunPhase" json:"phase,omitempty"`
+	// message explains the verdict.
+	Message string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	// started_at is when the workflow started the run.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// finished_at is when the verdict arrived.
+	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AnalysisRunStatus) Reset() {
+	*x = AnalysisRunStatus{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AnalysisRunStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AnalysisRunStatus) ProtoMessage() {}
+
+func (x *AnalysisRunStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AnalysisRunStatus.ProtoReflect.Descriptor instead.
+func (*AnalysisRunStatus) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *AnalysisRunStatus) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AnalysisRunStatus) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *AnalysisRunStatus) GetStep() int32 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *AnalysisRunStatus) GetTemplates() []string {
+	if x != nil {
+		return x.Templates
+	}
+	return nil
+}
+
+func (x *AnalysisRunStatus) GetPhase() RunPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return RunPhase_RUN_PHASE_UNSPECIFIED
+}
+
+func (x *AnalysisRunStatus) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *AnalysisRunStatus) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *AnalysisRunStatus) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
+}
+
+// MetricResult is the tally of one metric in a run.
+type MetricResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of the metric.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// phase of the metric.
+	Phase RunPhase `protobuf:"varint,2,opt,name=phase,proto3,enum=sluice.rollout.v1.RunPhase" json:"phase,omitempty"`
+	// count of measurements.
+	Count int32 `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	// successful measurements.
+	Successful int32 `protobuf:"varint,4,opt,name=successful,proto3" json:"successful,omitempty"`
+	// failed measurements.
+	Failed int32 `protobuf:"varint,5,opt,name=failed,proto3" json:"failed,omitempty"`
+	// inconclusive measurements.
+	Inconclusive int32 `protobuf:"varint,6,opt,name=inconclusive,proto3" json:"inconclusive,omitempty"`
+	// errors (measurements that could not be taken).
+	Errors int32 `protobuf:"varint,7,opt,name=errors,proto3" json:"errors,omitempty"`
+	// consecutive_errors at the end.
+	ConsecutiveErrors int32 `protobuf:"varint,8,opt,name=consecutive_errors,json=consecutiveErrors,proto3" json:"consecutive_errors,omitempty"`
+	// message explains the latest state.
+	Message       string `protobuf:"bytes,9,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricResult) Reset() {
+	*x = MetricResult{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricResult) ProtoMessage() {}
+
+func (x *MetricResult) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricResult.ProtoReflect.Descriptor instead.
+func (*MetricResult) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MetricResult) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MetricResult) GetPhase() RunPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return RunPhase_RUN_PHASE_UNSPECIFIED
+}
+
+func (x *MetricResult) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *MetricResult) GetSuccessful() int32 {
+	if x != nil {
+		return x.Successful
+	}
+	return 0
+}
+
+func (x *MetricResult) GetFailed() int32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+func (x *MetricResult) GetInconclusive() int32 {
+	if x != nil {
+		return x.Inconclusive
+	}
+	return 0
+}
+
+func (x *MetricResult) GetErrors() int32 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *MetricResult) GetConsecutiveErrors() int32 {
+	if x != nil {
+		return x.ConsecutiveErrors
+	}
+	return 0
+}
+
+func (x *MetricResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+// Measurement is one measurement of one metric.
+type Measurement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// metric name.
+	Metric string `protobuf:"bytes,1,opt,name=metric,proto3" json:"metric,omitempty"`
+	// phase of the measurement.
+	Phase RunPhase `protobuf:"varint,2,opt,name=phase,proto3,enum=sluice.rollout.v1.RunPhase" json:"phase,omitempty"`
+	// value of the candidate; absent when there was none.
+	Value *float64 `protobuf:"fixed64,3,opt,name=value,proto3,oneof" json:"value,omitempty"`
+	// baseline is the stable revision's value over the same window.
+	Baseline *float64 `protobuf:"fixed64,4,opt,name=baseline,proto3,oneof" json:"baseline,omitempty"`
+	// samples is the number of candidate requests in the window.
+	Samples int64 `protobuf:"varint,5,opt,name=samples,proto3" json:"samples,omitempty"`
+	// start of the window.
+	Start *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=start,proto3" json:"start,omitempty"`
+	// end of the window.
+	End *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end,proto3" json:"end,omitempty"`
+	// message explains the measurement in words and numbers.
+	Message       string `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Measurement) Reset() {
+	*x = Measurement{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Measurement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Measurement) ProtoMessage() {}
+
+func (x *Measurement) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Measurement.ProtoReflect.Descriptor instead.
+func (*Measurement) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Measurement) GetMetric() string {
+	if x != nil {
+		return x.Metric
+	}
+	return ""
+}
+
+func (x *Measurement) GetPhase() RunPhase {
+	if x != nil {
+		return x.Phase
+	}
+	return RunPhase_RUN_PHASE_UNSPECIFIED
+}
+
+func (x *Measurement) GetValue() float64 {
+	if x != nil && x.Value != nil {
+		return *x.Value
+	}
+	return 0
+}
+
+func (x *Measurement) GetBaseline() float64 {
+	if x != nil && x.Baseline != nil {
+		return *x.Baseline
+	}
+	return 0
+}
+
+func (x *Measurement) GetSamples() int64 {
+	if x != nil {
+		return x.Samples
+	}
+	return 0
+}
+
+func (x *Measurement) GetStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *Measurement) GetEnd() *timestamppb.Timestamp {
+	if x != nil {
+		return x.End
+	}
+	return nil
+}
+
+func (x *Measurement) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+// AnalysisRun is a run with its metric results and measurements.
+type AnalysisRun struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollout_id the run belongs to.
+	RolloutId string `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// status of the run.
+	Status *AnalysisRunStatus `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// metrics tallies.
+	Metrics []*MetricResult `protobuf:"bytes,3,rep,name=metrics,proto3" json:"metrics,omitempty"`
+	// measurements taken, oldest first (GetAnalysisRun only).
+	Measurements  []*Measurement `protobuf:"bytes,4,rep,name=measurements,proto3" json:"measurements,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AnalysisRun) Reset() {
+	*x = AnalysisRun{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AnalysisRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AnalysisRun) ProtoMessage() {}
+
+func (x *AnalysisRun) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AnalysisRun.ProtoReflect.Descriptor instead.
+func (*AnalysisRun) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AnalysisRun) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *AnalysisRun) GetStatus() *AnalysisRunStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *AnalysisRun) GetMetrics() []*MetricResult {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
+func (x *AnalysisRun) GetMeasurements() []*Measurement {
+	if x != nil {
+		return x.Measurements
+	}
+	return nil
+}
+
 // Rollout is a spec and its status.
 type Rollout struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -925,7 +2068,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[9]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +2080,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[9]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +2093,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{9}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Rollout) GetSpec() *RolloutSpec {
@@ -978,7 +2121,7 @@ type CreateRolloutRequest struct {
 
 func (x *CreateRolloutRequest) Reset() {
 	*x = CreateRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[10]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -990,7 +2133,7 @@ func (x *CreateRolloutRequest) String() string {
 func (*CreateRolloutRequest) ProtoMessage() {}
 
 func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[10]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1003,7 +2146,7 @@ func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CreateRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{10}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateRolloutRequest) GetSpec() *RolloutSpec {
@@ -1026,7 +2169,7 @@ type CreateRolloutResponse struct {
 
 func (x *CreateRolloutResponse) Reset() {
 	*x = CreateRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[11]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +2181,7 @@ func (x *CreateRolloutResponse) String() string {
 func (*CreateRolloutResponse) ProtoMessage() {}
 
 func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[11]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +2194,7 @@ func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CreateRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{11}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateRolloutResponse) GetRollout() *Rollout {
@@ -1079,7 +2222,7 @@ type GetRolloutRequest struct {
 
 func (x *GetRolloutRequest) Reset() {
 	*x = GetRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1091,7 +2234,7 @@ func (x *GetRolloutRequest) String() string {
 func (*GetRolloutRequest) ProtoMessage() {}
 
 func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1104,7 +2247,7 @@ func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{12}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetRolloutRequest) GetId() string {
@@ -1125,7 +2268,7 @@ type GetRolloutResponse struct {
 
 func (x *GetRolloutResponse) Reset() {
 	*x = GetRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +2280,7 @@ func (x *GetRolloutResponse) String() string {
 func (*GetRolloutResponse) ProtoMessage() {}
 
 func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +2293,7 @@ func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
 func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{13}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetRolloutResponse) GetRollout() *Rollout {
@@ -1177,7 +2320,7 @@ type ListRolloutsRequest struct {
 
 func (x *ListRolloutsRequest) Reset() {
 	*x = ListRolloutsRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +2332,7 @@ func (x *ListRolloutsRequest) String() string {
 func (*ListRolloutsRequest) ProtoMessage() {}
 
 func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +2345,7 @@ func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{14}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListRolloutsRequest) GetService() string {
@@ -1246,7 +2389,7 @@ type ListRolloutsResponse struct {
 
 func (x *ListRolloutsResponse) Reset() {
 	*x = ListRolloutsResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +2401,7 @@ func (x *ListRolloutsResponse) String() string {
 func (*ListRolloutsResponse) ProtoMessage() {}
 
 func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +2414,7 @@ func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{15}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
@@ -1299,7 +2442,7 @@ type WatchRolloutRequest struct {
 
 func (x *WatchRolloutRequest) Reset() {
 	*x = WatchRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +2454,7 @@ func (x *WatchRolloutRequest) String() string {
 func (*WatchRolloutRequest) ProtoMessage() {}
 
 func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +2467,7 @@ func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutRequest.ProtoReflect.Descriptor instead.
 func (*WatchRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{16}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WatchRolloutRequest) GetId() string {
@@ -1345,7 +2488,7 @@ type WatchRolloutResponse struct {
 
 func (x *WatchRolloutResponse) Reset() {
 	*x = WatchRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +2500,7 @@ func (x *WatchRolloutResponse) String() string {
 func (*WatchRolloutResponse) ProtoMessage() {}
 
 func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +2513,7 @@ func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutResponse.ProtoReflect.Descriptor instead.
 func (*WatchRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{17}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WatchRolloutResponse) GetRollout() *Rollout {
@@ -1393,7 +2536,7 @@ type PauseRolloutRequest struct {
 
 func (x *PauseRolloutRequest) Reset() {
 	*x = PauseRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +2548,7 @@ func (x *PauseRolloutRequest) String() string {
 func (*PauseRolloutRequest) ProtoMessage() {}
 
 func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +2561,7 @@ func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PauseRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{18}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PauseRolloutRequest) GetId() string {
@@ -1446,7 +2589,7 @@ type PauseRolloutResponse struct {
 
 func (x *PauseRolloutResponse) Reset() {
 	*x = PauseRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1458,7 +2601,7 @@ func (x *PauseRolloutResponse) String() string {
 func (*PauseRolloutResponse) ProtoMessage() {}
 
 func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1471,7 +2614,7 @@ func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PauseRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{19}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PauseRolloutResponse) GetRollout() *Rollout {
@@ -1494,7 +2637,7 @@ type ResumeRolloutRequest struct {
 
 func (x *ResumeRolloutRequest) Reset() {
 	*x = ResumeRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1506,7 +2649,7 @@ func (x *ResumeRolloutRequest) String() string {
 func (*ResumeRolloutRequest) ProtoMessage() {}
 
 func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1519,7 +2662,7 @@ func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{20}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ResumeRolloutRequest) GetId() string {
@@ -1547,7 +2690,7 @@ type ResumeRolloutResponse struct {
 
 func (x *ResumeRolloutResponse) Reset() {
 	*x = ResumeRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1559,7 +2702,7 @@ func (x *ResumeRolloutResponse) String() string {
 func (*ResumeRolloutResponse) ProtoMessage() {}
 
 func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1572,7 +2715,7 @@ func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutResponse.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{21}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ResumeRolloutResponse) GetRollout() *Rollout {
@@ -1597,7 +2740,7 @@ type PromoteRolloutRequest struct {
 
 func (x *PromoteRolloutRequest) Reset() {
 	*x = PromoteRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +2752,7 @@ func (x *PromoteRolloutRequest) String() string {
 func (*PromoteRolloutRequest) ProtoMessage() {}
 
 func (x *PromoteRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +2765,7 @@ func (x *PromoteRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{22}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PromoteRolloutRequest) GetId() string {
@@ -1657,7 +2800,7 @@ type PromoteRolloutResponse struct {
 
 func (x *PromoteRolloutResponse) Reset() {
 	*x = PromoteRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +2812,7 @@ func (x *PromoteRolloutResponse) String() string {
 func (*PromoteRolloutResponse) ProtoMessage() {}
 
 func (x *PromoteRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +2825,7 @@ func (x *PromoteRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PromoteRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{23}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PromoteRolloutResponse) GetRollout() *Rollout {
@@ -1707,7 +2850,7 @@ type AbortRolloutRequest struct {
 
 func (x *AbortRolloutRequest) Reset() {
 	*x = AbortRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +2862,7 @@ func (x *AbortRolloutRequest) String() string {
 func (*AbortRolloutRequest) ProtoMessage() {}
 
 func (x *AbortRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +2875,7 @@ func (x *AbortRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRolloutRequest.ProtoReflect.Descriptor instead.
 func (*AbortRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{24}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AbortRolloutRequest) GetId() string {
@@ -1767,7 +2910,7 @@ type AbortRolloutResponse struct {
 
 func (x *AbortRolloutResponse) Reset() {
 	*x = AbortRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +2922,7 @@ func (x *AbortRolloutResponse) String() string {
 func (*AbortRolloutResponse) ProtoMessage() {}
 
 func (x *AbortRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +2935,7 @@ func (x *AbortRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRolloutResponse.ProtoReflect.Descriptor instead.
 func (*AbortRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{25}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AbortRolloutResponse) GetRollout() *Rollout {
@@ -1802,11 +2945,195 @@ func (x *AbortRolloutResponse) GetRollout() *Rollout {
 	return nil
 }
 
+// ListAnalysisRunsRequest names a rollout.
+type ListAnalysisRunsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollout_id of the rollout.
+	RolloutId     string `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAnalysisRunsRequest) Reset() {
+	*x = ListAnalysisRunsRequest{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAnalysisRunsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAnalysisRunsRequest) ProtoMessage() {}
+
+func (x *ListAnalysisRunsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAnalysisRunsRequest.ProtoReflect.Descriptor instead.
+func (*ListAnalysisRunsRequest) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ListAnalysisRunsRequest) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+// ListAnalysisRunsResponse lists runs without their measurements.
+type ListAnalysisRunsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// runs oldest first.
+	Runs          []*AnalysisRun `protobuf:"bytes,1,rep,name=runs,proto3" json:"runs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAnalysisRunsResponse) Reset() {
+	*x = ListAnalysisRunsResponse{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAnalysisRunsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAnalysisRunsResponse) ProtoMessage() {}
+
+func (x *ListAnalysisRunsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAnalysisRunsResponse.ProtoReflect.Descriptor instead.
+func (*ListAnalysisRunsResponse) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ListAnalysisRunsResponse) GetRuns() []*AnalysisRun {
+	if x != nil {
+		return x.Runs
+	}
+	return nil
+}
+
+// GetAnalysisRunRequest names a run.
+type GetAnalysisRunRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id of the run: "<rollout>.step<i>-<n>" or "<rollout>.background-<n>".
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAnalysisRunRequest) Reset() {
+	*x = GetAnalysisRunRequest{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAnalysisRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAnalysisRunRequest) ProtoMessage() {}
+
+func (x *GetAnalysisRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAnalysisRunRequest.ProtoReflect.Descriptor instead.
+func (*GetAnalysisRunRequest) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *GetAnalysisRunRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// GetAnalysisRunResponse returns the run.
+type GetAnalysisRunResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// run with every measurement.
+	Run           *AnalysisRun `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAnalysisRunResponse) Reset() {
+	*x = GetAnalysisRunResponse{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAnalysisRunResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAnalysisRunResponse) ProtoMessage() {}
+
+func (x *GetAnalysisRunResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAnalysisRunResponse.ProtoReflect.Descriptor instead.
+func (*GetAnalysisRunResponse) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *GetAnalysisRunResponse) GetRun() *AnalysisRun {
+	if x != nil {
+		return x.Run
+	}
+	return nil
+}
+
 var File_sluice_rollout_v1_rollout_proto protoreflect.FileDescriptor
 
 const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\n" +
-	"\x1fsluice/rollout/v1/rollout.proto\x12\x11sluice.rollout.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\a\n" +
+	"\x1fsluice/rollout/v1/rollout.proto\x12\x11sluice.rollout.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\a\n" +
 	"\vRolloutSpec\x12:\n" +
 	"\x02id\x18\x01 \x01(\tB*\xbaH'r%\x10\x01\x18?2\x1f^[a-z0-9]([a-z0-9-]*[a-z0-9])?$R\x02id\x12D\n" +
 	"\aservice\x18\x02 \x01(\tB*\xbaH'r%\x10\x01\x18?2\x1f^[a-z0-9]([a-z0-9-]*[a-z0-9])?$R\aservice\x12R\n" +
@@ -1817,23 +3144,75 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\x12revision.immutable\x12umust be an immutable revision name@sha256:<64 lower-case hex>; tags such as app:latest or app:v2 move and are refused\x1a=this.matches('^[^@:]+(:[0-9]+/[^@:]+)?@sha256:[0-9a-f]{64}$')R\x11candidateRevision\x12?\n" +
 	"\bstrategy\x18\x06 \x01(\v2\x1b.sluice.rollout.v1.StrategyB\x06\xbaH\x03\xc8\x01\x01R\bstrategy\x12'\n" +
 	"\n" +
-	"created_by\x18\a \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\tcreatedBy\x1a;\n" +
+	"created_by\x18\a \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\tcreatedBy\x127\n" +
+	"\banalysis\x18\b \x01(\v2\x1b.sluice.rollout.v1.AnalysisR\banalysis\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Z\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x01\n" +
+	"\bAnalysis\x12K\n" +
+	"\ttemplates\x18\x01 \x03(\v2#.sluice.rollout.v1.AnalysisTemplateB\b\xbaH\x05\x92\x01\x02\x10\x14R\ttemplates\x12E\n" +
+	"\n" +
+	"background\x18\x02 \x01(\v2%.sluice.rollout.v1.BackgroundAnalysisR\n" +
+	"background\"j\n" +
+	"\x12BackgroundAnalysis\x12&\n" +
+	"\ttemplates\x18\x01 \x03(\tB\b\xbaH\x05\x92\x01\x02\b\x01R\ttemplates\x12,\n" +
+	"\rstarting_step\x18\x02 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\fstartingStep\"\x93\x01\n" +
+	"\x10AnalysisTemplate\x12>\n" +
+	"\x04name\x18\x01 \x01(\tB*\xbaH'r%\x10\x01\x18?2\x1f^[a-z0-9]([a-z0-9-]*[a-z0-9])?$R\x04name\x12?\n" +
+	"\ametrics\x18\x02 \x03(\v2\x19.sluice.rollout.v1.MetricB\n" +
+	"\xbaH\a\x92\x01\x04\b\x01\x10\x14R\ametrics\"\xbf\x05\n" +
+	"\x06Metric\x12>\n" +
+	"\x04name\x18\x01 \x01(\tB*\xbaH'r%\x10\x01\x18?2\x1f^[a-z0-9]([a-z0-9-]*[a-z0-9])?$R\x04name\x12E\n" +
+	"\bprovider\x18\x02 \x01(\v2!.sluice.rollout.v1.MetricProviderB\x06\xbaH\x03\xc8\x01\x01R\bprovider\x125\n" +
+	"\x11success_condition\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\x10successCondition\x125\n" +
+	"\x11failure_condition\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\x10failureCondition\x125\n" +
+	"\binterval\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\binterval\x121\n" +
+	"\x06window\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x06window\x12>\n" +
+	"\rinitial_delay\x18\a \x01(\v2\x19.google.protobuf.DurationR\finitialDelay\x12\x1d\n" +
+	"\x05count\x18\b \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\x05count\x12,\n" +
+	"\rfailure_limit\x18\t \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\ffailureLimit\x126\n" +
+	"\x12inconclusive_limit\x18\n" +
+	" \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\x11inconclusiveLimit\x12D\n" +
+	"\x17consecutive_error_limit\x18\v \x01(\x05B\a\xbaH\x04\x1a\x02(\x00H\x00R\x15consecutiveErrorLimit\x88\x01\x01\x12/\n" +
+	"\x0fmin_sample_size\x18\f \x01(\x03B\a\xbaH\x04\"\x02(\x00R\rminSampleSizeB\x1a\n" +
+	"\x18_consecutive_error_limit\"\xed\x01\n" +
+	"\x0eMetricProvider\x12<\n" +
+	"\abuiltin\x18\x01 \x01(\v2 .sluice.rollout.v1.BuiltinMetricH\x00R\abuiltin\x12E\n" +
+	"\n" +
+	"clickhouse\x18\x02 \x01(\v2#.sluice.rollout.v1.ClickHouseMetricH\x00R\n" +
+	"clickhouse\x12E\n" +
+	"\n" +
+	"prometheus\x18\x03 \x01(\v2#.sluice.rollout.v1.PrometheusMetricH\x00R\n" +
+	"prometheusB\x0f\n" +
+	"\x06source\x12\x05\xbaH\x02\b\x01\"r\n" +
+	"\rBuiltinMetric\x12E\n" +
+	"\x04name\x18\x01 \x01(\tB1\xbaH.r,R\n" +
+	"error-rateR\x10latency-quantileR\frequest-rateR\x04name\x12\x1a\n" +
+	"\bquantile\x18\x02 \x01(\x01R\bquantile\"4\n" +
+	"\x10ClickHouseMetric\x12 \n" +
+	"\x05query\x18\x01 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80@R\x05query\"X\n" +
+	"\x10PrometheusMetric\x12\"\n" +
+	"\aaddress\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x88\x01\x01R\aaddress\x12 \n" +
+	"\x05query\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80@R\x05query\"v\n" +
+	"\fAnalysisStep\x12&\n" +
+	"\ttemplates\x18\x01 \x03(\tB\b\xbaH\x05\x92\x01\x02\b\x01R\ttemplates\x12>\n" +
+	"\x0fon_inconclusive\x18\x02 \x01(\tB\x15\xbaH\x12r\x10R\x00R\x05pauseR\x05retryR\x0eonInconclusive\"Z\n" +
 	"\bStrategy\x12;\n" +
 	"\x06canary\x18\x01 \x01(\v2!.sluice.rollout.v1.CanaryStrategyH\x00R\x06canaryB\x11\n" +
 	"\bstrategy\x12\x05\xbaH\x02\b\x01\"\xc9\x01\n" +
 	"\x0eCanaryStrategy\x12=\n" +
 	"\x05steps\x18\x01 \x03(\v2\x1d.sluice.rollout.v1.CanaryStepB\b\xbaH\x05\x92\x01\x02\x10dR\x05steps\x120\n" +
 	"\x06sticky\x18\x02 \x01(\v2\x18.sluice.rollout.v1.MatchR\x06sticky\x12F\n" +
-	"\x11progress_deadline\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x10progressDeadline\"\x8d\x02\n" +
+	"\x11progress_deadline\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x10progressDeadline\"\xcc\x02\n" +
 	"\n" +
 	"CanaryStep\x12*\n" +
 	"\n" +
 	"set_weight\x18\x01 \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x00H\x00R\tsetWeight\x120\n" +
 	"\x05pause\x18\x02 \x01(\v2\x18.sluice.rollout.v1.PauseH\x00R\x05pause\x12J\n" +
-	"\x10set_header_route\x18\x03 \x01(\v2\x1e.sluice.rollout.v1.HeaderRouteH\x00R\x0esetHeaderRoute\x12F\n" +
+	"\x10set_header_route\x18\x03 \x01(\v2\x1e.sluice.rollout.v1.HeaderRouteH\x00R\x0esetHeaderRoute\x12=\n" +
+	"\banalysis\x18\x04 \x01(\v2\x1f.sluice.rollout.v1.AnalysisStepH\x00R\banalysis\x12F\n" +
 	"\x11progress_deadline\x18\n" +
 	" \x01(\v2\x19.google.protobuf.DurationR\x10progressDeadlineB\r\n" +
 	"\x04step\x12\x05\xbaH\x02\b\x01\">\n" +
@@ -1851,7 +3230,7 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\x05value\x12\x05\xbaH\x02\b\x01\"=\n" +
 	"\aBackend\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\tR\brevision\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\x05R\x06weight\"\x8b\x05\n" +
+	"\x06weight\x18\x02 \x01(\x05R\x06weight\"\xd6\x05\n" +
 	"\rRolloutStatus\x12.\n" +
 	"\x05phase\x18\x01 \x01(\x0e2\x18.sluice.rollout.v1.PhaseR\x05phase\x12\x1d\n" +
 	"\n" +
@@ -1877,7 +3256,48 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"updated_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12;\n" +
 	"\vfinished_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12\x18\n" +
-	"\aversion\x18\x0f \x01(\x04R\aversion\"w\n" +
+	"\aversion\x18\x0f \x01(\x04R\aversion\x12I\n" +
+	"\ranalysis_runs\x18\x10 \x03(\v2$.sluice.rollout.v1.AnalysisRunStatusR\fanalysisRuns\"\xae\x02\n" +
+	"\x11AnalysisRunStatus\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04step\x18\x03 \x01(\x05R\x04step\x12\x1c\n" +
+	"\ttemplates\x18\x04 \x03(\tR\ttemplates\x121\n" +
+	"\x05phase\x18\x05 \x01(\x0e2\x1b.sluice.rollout.v1.RunPhaseR\x05phase\x12\x18\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\x129\n" +
+	"\n" +
+	"started_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
+	"\vfinished_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\"\xa8\x02\n" +
+	"\fMetricResult\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x121\n" +
+	"\x05phase\x18\x02 \x01(\x0e2\x1b.sluice.rollout.v1.RunPhaseR\x05phase\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x05R\x05count\x12\x1e\n" +
+	"\n" +
+	"successful\x18\x04 \x01(\x05R\n" +
+	"successful\x12\x16\n" +
+	"\x06failed\x18\x05 \x01(\x05R\x06failed\x12\"\n" +
+	"\finconclusive\x18\x06 \x01(\x05R\finconclusive\x12\x16\n" +
+	"\x06errors\x18\a \x01(\x05R\x06errors\x12-\n" +
+	"\x12consecutive_errors\x18\b \x01(\x05R\x11consecutiveErrors\x12\x18\n" +
+	"\amessage\x18\t \x01(\tR\amessage\"\xbf\x02\n" +
+	"\vMeasurement\x12\x16\n" +
+	"\x06metric\x18\x01 \x01(\tR\x06metric\x121\n" +
+	"\x05phase\x18\x02 \x01(\x0e2\x1b.sluice.rollout.v1.RunPhaseR\x05phase\x12\x19\n" +
+	"\x05value\x18\x03 \x01(\x01H\x00R\x05value\x88\x01\x01\x12\x1f\n" +
+	"\bbaseline\x18\x04 \x01(\x01H\x01R\bbaseline\x88\x01\x01\x12\x18\n" +
+	"\asamples\x18\x05 \x01(\x03R\asamples\x120\n" +
+	"\x05start\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12,\n" +
+	"\x03end\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x03end\x12\x18\n" +
+	"\amessage\x18\b \x01(\tR\amessageB\b\n" +
+	"\x06_valueB\v\n" +
+	"\t_baseline\"\xe9\x01\n" +
+	"\vAnalysisRun\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\x12<\n" +
+	"\x06status\x18\x02 \x01(\v2$.sluice.rollout.v1.AnalysisRunStatusR\x06status\x129\n" +
+	"\ametrics\x18\x03 \x03(\v2\x1f.sluice.rollout.v1.MetricResultR\ametrics\x12B\n" +
+	"\fmeasurements\x18\x04 \x03(\v2\x1e.sluice.rollout.v1.MeasurementR\fmeasurements\"w\n" +
 	"\aRollout\x122\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1e.sluice.rollout.v1.RolloutSpecR\x04spec\x128\n" +
 	"\x06status\x18\x02 \x01(\v2 .sluice.rollout.v1.RolloutStatusR\x06status\"R\n" +
@@ -1925,7 +3345,16 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\x06reason\x12\x1e\n" +
 	"\x05actor\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\x05actor\"L\n" +
 	"\x14AbortRolloutResponse\x124\n" +
-	"\arollout\x18\x01 \x01(\v2\x1a.sluice.rollout.v1.RolloutR\arollout*\x94\x01\n" +
+	"\arollout\x18\x01 \x01(\v2\x1a.sluice.rollout.v1.RolloutR\arollout\"d\n" +
+	"\x17ListAnalysisRunsRequest\x12I\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tB*\xbaH'r%\x10\x01\x18?2\x1f^[a-z0-9]([a-z0-9-]*[a-z0-9])?$R\trolloutId\"N\n" +
+	"\x18ListAnalysisRunsResponse\x122\n" +
+	"\x04runs\x18\x01 \x03(\v2\x1e.sluice.rollout.v1.AnalysisRunR\x04runs\"a\n" +
+	"\x15GetAnalysisRunRequest\x12H\n" +
+	"\x02id\x18\x01 \x01(\tB8\xbaH5r3\x10\x01\x18\x80\x012,^[a-z0-9]([a-z0-9-]*[a-z0-9])?[.][a-z0-9-]+$R\x02id\"J\n" +
+	"\x16GetAnalysisRunResponse\x120\n" +
+	"\x03run\x18\x01 \x01(\v2\x1e.sluice.rollout.v1.AnalysisRunR\x03run*\x94\x01\n" +
 	"\x05Phase\x12\x15\n" +
 	"\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPHASE_PENDING\x10\x01\x12\x15\n" +
@@ -1933,7 +3362,15 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\fPHASE_PAUSED\x10\x03\x12\x13\n" +
 	"\x0fPHASE_SUCCEEDED\x10\x04\x12\x11\n" +
 	"\rPHASE_ABORTED\x10\x05\x12\x10\n" +
-	"\fPHASE_FAILED\x10\x062\xaf\x06\n" +
+	"\fPHASE_FAILED\x10\x06*\xb7\x01\n" +
+	"\bRunPhase\x12\x19\n" +
+	"\x15RUN_PHASE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11RUN_PHASE_RUNNING\x10\x01\x12\x18\n" +
+	"\x14RUN_PHASE_SUCCESSFUL\x10\x02\x12\x14\n" +
+	"\x10RUN_PHASE_FAILED\x10\x03\x12\x1a\n" +
+	"\x16RUN_PHASE_INCONCLUSIVE\x10\x04\x12\x13\n" +
+	"\x0fRUN_PHASE_ERROR\x10\x05\x12\x18\n" +
+	"\x14RUN_PHASE_TERMINATED\x10\x062\x8d\b\n" +
 	"\x0eRolloutService\x12b\n" +
 	"\rCreateRollout\x12'.sluice.rollout.v1.CreateRolloutRequest\x1a(.sluice.rollout.v1.CreateRolloutResponse\x12^\n" +
 	"\n" +
@@ -1943,7 +3380,9 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\fPauseRollout\x12&.sluice.rollout.v1.PauseRolloutRequest\x1a'.sluice.rollout.v1.PauseRolloutResponse\x12b\n" +
 	"\rResumeRollout\x12'.sluice.rollout.v1.ResumeRolloutRequest\x1a(.sluice.rollout.v1.ResumeRolloutResponse\x12e\n" +
 	"\x0ePromoteRollout\x12(.sluice.rollout.v1.PromoteRolloutRequest\x1a).sluice.rollout.v1.PromoteRolloutResponse\x12_\n" +
-	"\fAbortRollout\x12&.sluice.rollout.v1.AbortRolloutRequest\x1a'.sluice.rollout.v1.AbortRolloutResponseBBZ@github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1;rolloutv1b\x06proto3"
+	"\fAbortRollout\x12&.sluice.rollout.v1.AbortRolloutRequest\x1a'.sluice.rollout.v1.AbortRolloutResponse\x12p\n" +
+	"\x10ListAnalysisRuns\x12*.sluice.rollout.v1.ListAnalysisRunsRequest\x1a+.sluice.rollout.v1.ListAnalysisRunsResponse\"\x03\x90\x02\x01\x12j\n" +
+	"\x0eGetAnalysisRun\x12(.sluice.rollout.v1.GetAnalysisRunRequest\x1a).sluice.rollout.v1.GetAnalysisRunResponse\"\x03\x90\x02\x01BBZ@github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1;rolloutv1b\x06proto3"
 
 var (
 	file_sluice_rollout_v1_rollout_proto_rawDescOnce sync.Once
@@ -1957,91 +3396,138 @@ func file_sluice_rollout_v1_rollout_proto_rawDescGZIP() []byte {
 	return file_sluice_rollout_v1_rollout_proto_rawDescData
 }
 
-var file_sluice_rollout_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_sluice_rollout_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_sluice_rollout_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_sluice_rollout_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_sluice_rollout_v1_rollout_proto_goTypes = []any{
-	(Phase)(0),                     // 0: sluice.rollout.v1.Phase
-	(*RolloutSpec)(nil),            // 1: sluice.rollout.v1.RolloutSpec
-	(*Strategy)(nil),               // 2: sluice.rollout.v1.Strategy
-	(*CanaryStrategy)(nil),         // 3: sluice.rollout.v1.CanaryStrategy
-	(*CanaryStep)(nil),             // 4: sluice.rollout.v1.CanaryStep
-	(*Pause)(nil),                  // 5: sluice.rollout.v1.Pause
-	(*Match)(nil),                  // 6: sluice.rollout.v1.Match
-	(*HeaderRoute)(nil),            // 7: sluice.rollout.v1.HeaderRoute
-	(*Backend)(nil),                // 8: sluice.rollout.v1.Backend
-	(*RolloutStatus)(nil),          // 9: sluice.rollout.v1.RolloutStatus
-	(*Rollout)(nil),                // 10: sluice.rollout.v1.Rollout
-	(*CreateRolloutRequest)(nil),   // 11: sluice.rollout.v1.CreateRolloutRequest
-	(*CreateRolloutResponse)(nil),  // 12: sluice.rollout.v1.CreateRolloutResponse
-	(*GetRolloutRequest)(nil),      // 13: sluice.rollout.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),     // 14: sluice.rollout.v1.GetRolloutResponse
-	(*ListRolloutsRequest)(nil),    // 15: sluice.rollout.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),   // 16: sluice.rollout.v1.ListRolloutsResponse
-	(*WatchRolloutRequest)(nil),    // 17: sluice.rollout.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),   // 18: sluice.rollout.v1.WatchRolloutResponse
-	(*PauseRolloutRequest)(nil),    // 19: sluice.rollout.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),   // 20: sluice.rollout.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),   // 21: sluice.rollout.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),  // 22: sluice.rollout.v1.ResumeRolloutResponse
-	(*PromoteRolloutRequest)(nil),  // 23: sluice.rollout.v1.PromoteRolloutRequest
-	(*PromoteRolloutResponse)(nil), // 24: sluice.rollout.v1.PromoteRolloutResponse
-	(*AbortRolloutRequest)(nil),    // 25: sluice.rollout.v1.AbortRolloutRequest
-	(*AbortRolloutResponse)(nil),   // 26: sluice.rollout.v1.AbortRolloutResponse
-	nil,                            // 27: sluice.rollout.v1.RolloutSpec.SelectorEntry
-	(*durationpb.Duration)(nil),    // 28: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 29: google.protobuf.Timestamp
+	(Phase)(0),                       // 0: sluice.rollout.v1.Phase
+	(RunPhase)(0),                    // 1: sluice.rollout.v1.RunPhase
+	(*RolloutSpec)(nil),              // 2: sluice.rollout.v1.RolloutSpec
+	(*Analysis)(nil),                 // 3: sluice.rollout.v1.Analysis
+	(*BackgroundAnalysis)(nil),       // 4: sluice.rollout.v1.BackgroundAnalysis
+	(*AnalysisTemplate)(nil),         // 5: sluice.rollout.v1.AnalysisTemplate
+	(*Metric)(nil),                   // 6: sluice.rollout.v1.Metric
+	(*MetricProvider)(nil),           // 7: sluice.rollout.v1.MetricProvider
+	(*BuiltinMetric)(nil),            // 8: sluice.rollout.v1.BuiltinMetric
+	(*ClickHouseMetric)(nil),         // 9: sluice.rollout.v1.ClickHouseMetric
+	(*PrometheusMetric)(nil),         // 10: sluice.rollout.v1.PrometheusMetric
+	(*AnalysisStep)(nil),             // 11: sluice.rollout.v1.AnalysisStep
+	(*Strategy)(nil),                 // 12: sluice.rollout.v1.Strategy
+	(*CanaryStrategy)(nil),           // 13: sluice.rollout.v1.CanaryStrategy
+	(*CanaryStep)(nil),               // 14: sluice.rollout.v1.CanaryStep
+	(*Pause)(nil),                    // 15: sluice.rollout.v1.Pause
+	(*Match)(nil),                    // 16: sluice.rollout.v1.Match
+	(*HeaderRoute)(nil),              // 17: sluice.rollout.v1.HeaderRoute
+	(*Backend)(nil),                  // 18: sluice.rollout.v1.Backend
+	(*RolloutStatus)(nil),            // 19: sluice.rollout.v1.RolloutStatus
+	(*AnalysisRunStatus)(nil),        // 20: sluice.rollout.v1.AnalysisRunStatus
+	(*MetricResult)(nil),             // 21: sluice.rollout.v1.MetricResult
+	(*Measurement)(nil),              // 22: sluice.rollout.v1.Measurement
+	(*AnalysisRun)(nil),              // 23: sluice.rollout.v1.AnalysisRun
+	(*Rollout)(nil),                  // 24: sluice.rollout.v1.Rollout
+	(*CreateRolloutRequest)(nil),     // 25: sluice.rollout.v1.CreateRolloutRequest
+	(*CreateRolloutResponse)(nil),    // 26: sluice.rollout.v1.CreateRolloutResponse
+	(*GetRolloutRequest)(nil),        // 27: sluice.rollout.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),       // 28: sluice.rollout.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),      // 29: sluice.rollout.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),     // 30: sluice.rollout.v1.ListRolloutsResponse
+	(*WatchRolloutRequest)(nil),      // 31: sluice.rollout.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),     // 32: sluice.rollout.v1.WatchRolloutResponse
+	(*PauseRolloutRequest)(nil),      // 33: sluice.rollout.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),     // 34: sluice.rollout.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),     // 35: sluice.rollout.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),    // 36: sluice.rollout.v1.ResumeRolloutResponse
+	(*PromoteRolloutRequest)(nil),    // 37: sluice.rollout.v1.PromoteRolloutRequest
+	(*PromoteRolloutResponse)(nil),   // 38: sluice.rollout.v1.PromoteRolloutResponse
+	(*AbortRolloutRequest)(nil),      // 39: sluice.rollout.v1.AbortRolloutRequest
+	(*AbortRolloutResponse)(nil),     // 40: sluice.rollout.v1.AbortRolloutResponse
+	(*ListAnalysisRunsRequest)(nil),  // 41: sluice.rollout.v1.ListAnalysisRunsRequest
+	(*ListAnalysisRunsResponse)(nil), // 42: sluice.rollout.v1.ListAnalysisRunsResponse
+	(*GetAnalysisRunRequest)(nil),    // 43: sluice.rollout.v1.GetAnalysisRunRequest
+	(*GetAnalysisRunResponse)(nil),   // 44: sluice.rollout.v1.GetAnalysisRunResponse
+	nil,                              // 45: sluice.rollout.v1.RolloutSpec.SelectorEntry
+	(*durationpb.Duration)(nil),      // 46: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 47: google.protobuf.Timestamp
 }
 var file_sluice_rollout_v1_rollout_proto_depIdxs = []int32{
-	27, // 0: sluice.rollout.v1.RolloutSpec.selector:type_name -> sluice.rollout.v1.RolloutSpec.SelectorEntry
-	2,  // 1: sluice.rollout.v1.RolloutSpec.strategy:type_name -> sluice.rollout.v1.Strategy
-	3,  // 2: sluice.rollout.v1.Strategy.canary:type_name -> sluice.rollout.v1.CanaryStrategy
-	4,  // 3: sluice.rollout.v1.CanaryStrategy.steps:type_name -> sluice.rollout.v1.CanaryStep
-	6,  // 4: sluice.rollout.v1.CanaryStrategy.sticky:type_name -> sluice.rollout.v1.Match
-	28, // 5: sluice.rollout.v1.CanaryStrategy.progress_deadline:type_name -> google.protobuf.Duration
-	5,  // 6: sluice.rollout.v1.CanaryStep.pause:type_name -> sluice.rollout.v1.Pause
-	7,  // 7: sluice.rollout.v1.CanaryStep.set_header_route:type_name -> sluice.rollout.v1.HeaderRoute
-	28, // 8: sluice.rollout.v1.CanaryStep.progress_deadline:type_name -> google.protobuf.Duration
-	28, // 9: sluice.rollout.v1.Pause.duration:type_name -> google.protobuf.Duration
-	6,  // 10: sluice.rollout.v1.HeaderRoute.match:type_name -> sluice.rollout.v1.Match
-	0,  // 11: sluice.rollout.v1.RolloutStatus.phase:type_name -> sluice.rollout.v1.Phase
-	7,  // 12: sluice.rollout.v1.RolloutStatus.header_routes:type_name -> sluice.rollout.v1.HeaderRoute
-	29, // 13: sluice.rollout.v1.RolloutStatus.pause_until:type_name -> google.protobuf.Timestamp
-	29, // 14: sluice.rollout.v1.RolloutStatus.created_at:type_name -> google.protobuf.Timestamp
-	29, // 15: sluice.rollout.v1.RolloutStatus.updated_at:type_name -> google.protobuf.Timestamp
-	29, // 16: sluice.rollout.v1.RolloutStatus.finished_at:type_name -> google.protobuf.Timestamp
-	1,  // 17: sluice.rollout.v1.Rollout.spec:type_name -> sluice.rollout.v1.RolloutSpec
-	9,  // 18: sluice.rollout.v1.Rollout.status:type_name -> sluice.rollout.v1.RolloutStatus
-	1,  // 19: sluice.rollout.v1.CreateRolloutRequest.spec:type_name -> sluice.rollout.v1.RolloutSpec
-	10, // 20: sluice.rollout.v1.CreateRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	10, // 21: sluice.rollout.v1.GetRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	0,  // 22: sluice.rollout.v1.ListRolloutsRequest.phase:type_name -> sluice.rollout.v1.Phase
-	10, // 23: sluice.rollout.v1.ListRolloutsResponse.rollouts:type_name -> sluice.rollout.v1.Rollout
-	10, // 24: sluice.rollout.v1.WatchRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	10, // 25: sluice.rollout.v1.PauseRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	10, // 26: sluice.rollout.v1.ResumeRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	10, // 27: sluice.rollout.v1.PromoteRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	10, // 28: sluice.rollout.v1.AbortRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	11, // 29: sluice.rollout.v1.RolloutService.CreateRollout:input_type -> sluice.rollout.v1.CreateRolloutRequest
-	13, // 30: sluice.rollout.v1.RolloutService.GetRollout:input_type -> sluice.rollout.v1.GetRolloutRequest
-	15, // 31: sluice.rollout.v1.RolloutService.ListRollouts:input_type -> sluice.rollout.v1.ListRolloutsRequest
-	17, // 32: sluice.rollout.v1.RolloutService.WatchRollout:input_type -> sluice.rollout.v1.WatchRolloutRequest
-	19, // 33: sluice.rollout.v1.RolloutService.PauseRollout:input_type -> sluice.rollout.v1.PauseRolloutRequest
-	21, // 34: sluice.rollout.v1.RolloutService.ResumeRollout:input_type -> sluice.rollout.v1.ResumeRolloutRequest
-	23, // 35: sluice.rollout.v1.RolloutService.PromoteRollout:input_type -> sluice.rollout.v1.PromoteRolloutRequest
-	25, // 36: sluice.rollout.v1.RolloutService.AbortRollout:input_type -> sluice.rollout.v1.AbortRolloutRequest
-	12, // 37: sluice.rollout.v1.RolloutService.CreateRollout:output_type -> sluice.rollout.v1.CreateRolloutResponse
-	14, // 38: sluice.rollout.v1.RolloutService.GetRollout:output_type -> sluice.rollout.v1.GetRolloutResponse
-	16, // 39: sluice.rollout.v1.RolloutService.ListRollouts:output_type -> sluice.rollout.v1.ListRolloutsResponse
-	18, // 40: sluice.rollout.v1.RolloutService.WatchRollout:output_type -> sluice.rollout.v1.WatchRolloutResponse
-	20, // 41: sluice.rollout.v1.RolloutService.PauseRollout:output_type -> sluice.rollout.v1.PauseRolloutResponse
-	22, // 42: sluice.rollout.v1.RolloutService.ResumeRollout:output_type -> sluice.rollout.v1.ResumeRolloutResponse
-	24, // 43: sluice.rollout.v1.RolloutService.PromoteRollout:output_type -> sluice.rollout.v1.PromoteRolloutResponse
-	26, // 44: sluice.rollout.v1.RolloutService.AbortRollout:output_type -> sluice.rollout.v1.AbortRolloutResponse
-	37, // [37:45] is the sub-list for method output_type
-	29, // [29:37] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	45, // 0: sluice.rollout.v1.RolloutSpec.selector:type_name -> sluice.rollout.v1.RolloutSpec.SelectorEntry
+	12, // 1: sluice.rollout.v1.RolloutSpec.strategy:type_name -> sluice.rollout.v1.Strategy
+	3,  // 2: sluice.rollout.v1.RolloutSpec.analysis:type_name -> sluice.rollout.v1.Analysis
+	5,  // 3: sluice.rollout.v1.Analysis.templates:type_name -> sluice.rollout.v1.AnalysisTemplate
+	4,  // 4: sluice.rollout.v1.Analysis.background:type_name -> sluice.rollout.v1.BackgroundAnalysis
+	6,  // 5: sluice.rollout.v1.AnalysisTemplate.metrics:type_name -> sluice.rollout.v1.Metric
+	7,  // 6: sluice.rollout.v1.Metric.provider:type_name -> sluice.rollout.v1.MetricProvider
+	46, // 7: sluice.rollout.v1.Metric.interval:type_name -> google.protobuf.Duration
+	46, // 8: sluice.rollout.v1.Metric.window:type_name -> google.protobuf.Duration
+	46, // 9: sluice.rollout.v1.Metric.initial_delay:type_name -> google.protobuf.Duration
+	8,  // 10: sluice.rollout.v1.MetricProvider.builtin:type_name -> sluice.rollout.v1.BuiltinMetric
+	9,  // 11: sluice.rollout.v1.MetricProvider.clickhouse:type_name -> sluice.rollout.v1.ClickHouseMetric
+	10, // 12: sluice.rollout.v1.MetricProvider.prometheus:type_name -> sluice.rollout.v1.PrometheusMetric
+	13, // 13: sluice.rollout.v1.Strategy.canary:type_name -> sluice.rollout.v1.CanaryStrategy
+	14, // 14: sluice.rollout.v1.CanaryStrategy.steps:type_name -> sluice.rollout.v1.CanaryStep
+	16, // 15: sluice.rollout.v1.CanaryStrategy.sticky:type_name -> sluice.rollout.v1.Match
+	46, // 16: sluice.rollout.v1.CanaryStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	15, // 17: sluice.rollout.v1.CanaryStep.pause:type_name -> sluice.rollout.v1.Pause
+	17, // 18: sluice.rollout.v1.CanaryStep.set_header_route:type_name -> sluice.rollout.v1.HeaderRoute
+	11, // 19: sluice.rollout.v1.CanaryStep.analysis:type_name -> sluice.rollout.v1.AnalysisStep
+	46, // 20: sluice.rollout.v1.CanaryStep.progress_deadline:type_name -> google.protobuf.Duration
+	46, // 21: sluice.rollout.v1.Pause.duration:type_name -> google.protobuf.Duration
+	16, // 22: sluice.rollout.v1.HeaderRoute.match:type_name -> sluice.rollout.v1.Match
+	0,  // 23: sluice.rollout.v1.RolloutStatus.phase:type_name -> sluice.rollout.v1.Phase
+	17, // 24: sluice.rollout.v1.RolloutStatus.header_routes:type_name -> sluice.rollout.v1.HeaderRoute
+	47, // 25: sluice.rollout.v1.RolloutStatus.pause_until:type_name -> google.protobuf.Timestamp
+	47, // 26: sluice.rollout.v1.RolloutStatus.created_at:type_name -> google.protobuf.Timestamp
+	47, // 27: sluice.rollout.v1.RolloutStatus.updated_at:type_name -> google.protobuf.Timestamp
+	47, // 28: sluice.rollout.v1.RolloutStatus.finished_at:type_name -> google.protobuf.Timestamp
+	20, // 29: sluice.rollout.v1.RolloutStatus.analysis_runs:type_name -> sluice.rollout.v1.AnalysisRunStatus
+	1,  // 30: sluice.rollout.v1.AnalysisRunStatus.phase:type_name -> sluice.rollout.v1.RunPhase
+	47, // 31: sluice.rollout.v1.AnalysisRunStatus.started_at:type_name -> google.protobuf.Timestamp
+	47, // 32: sluice.rollout.v1.AnalysisRunStatus.finished_at:type_name -> google.protobuf.Timestamp
+	1,  // 33: sluice.rollout.v1.MetricResult.phase:type_name -> sluice.rollout.v1.RunPhase
+	1,  // 34: sluice.rollout.v1.Measurement.phase:type_name -> sluice.rollout.v1.RunPhase
+	47, // 35: sluice.rollout.v1.Measurement.start:type_name -> google.protobuf.Timestamp
+	47, // 36: sluice.rollout.v1.Measurement.end:type_name -> google.protobuf.Timestamp
+	20, // 37: sluice.rollout.v1.AnalysisRun.status:type_name -> sluice.rollout.v1.AnalysisRunStatus
+	21, // 38: sluice.rollout.v1.AnalysisRun.metrics:type_name -> sluice.rollout.v1.MetricResult
+	22, // 39: sluice.rollout.v1.AnalysisRun.measurements:type_name -> sluice.rollout.v1.Measurement
+	2,  // 40: sluice.rollout.v1.Rollout.spec:type_name -> sluice.rollout.v1.RolloutSpec
+	19, // 41: sluice.rollout.v1.Rollout.status:type_name -> sluice.rollout.v1.RolloutStatus
+	2,  // 42: sluice.rollout.v1.CreateRolloutRequest.spec:type_name -> sluice.rollout.v1.RolloutSpec
+	24, // 43: sluice.rollout.v1.CreateRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	24, // 44: sluice.rollout.v1.GetRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	0,  // 45: sluice.rollout.v1.ListRolloutsRequest.phase:type_name -> sluice.rollout.v1.Phase
+	24, // 46: sluice.rollout.v1.ListRolloutsResponse.rollouts:type_name -> sluice.rollout.v1.Rollout
+	24, // 47: sluice.rollout.v1.WatchRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	24, // 48: sluice.rollout.v1.PauseRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	24, // 49: sluice.rollout.v1.ResumeRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	24, // 50: sluice.rollout.v1.PromoteRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	24, // 51: sluice.rollout.v1.AbortRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	23, // 52: sluice.rollout.v1.ListAnalysisRunsResponse.runs:type_name -> sluice.rollout.v1.AnalysisRun
+	23, // 53: sluice.rollout.v1.GetAnalysisRunResponse.run:type_name -> sluice.rollout.v1.AnalysisRun
+	25, // 54: sluice.rollout.v1.RolloutService.CreateRollout:input_type -> sluice.rollout.v1.CreateRolloutRequest
+	27, // 55: sluice.rollout.v1.RolloutService.GetRollout:input_type -> sluice.rollout.v1.GetRolloutRequest
+	29, // 56: sluice.rollout.v1.RolloutService.ListRollouts:input_type -> sluice.rollout.v1.ListRolloutsRequest
+	31, // 57: sluice.rollout.v1.RolloutService.WatchRollout:input_type -> sluice.rollout.v1.WatchRolloutRequest
+	33, // 58: sluice.rollout.v1.RolloutService.PauseRollout:input_type -> sluice.rollout.v1.PauseRolloutRequest
+	35, // 59: sluice.rollout.v1.RolloutService.ResumeRollout:input_type -> sluice.rollout.v1.ResumeRolloutRequest
+	37, // 60: sluice.rollout.v1.RolloutService.PromoteRollout:input_type -> sluice.rollout.v1.PromoteRolloutRequest
+	39, // 61: sluice.rollout.v1.RolloutService.AbortRollout:input_type -> sluice.rollout.v1.AbortRolloutRequest
+	41, // 62: sluice.rollout.v1.RolloutService.ListAnalysisRuns:input_type -> sluice.rollout.v1.ListAnalysisRunsRequest
+	43, // 63: sluice.rollout.v1.RolloutService.GetAnalysisRun:input_type -> sluice.rollout.v1.GetAnalysisRunRequest
+	26, // 64: sluice.rollout.v1.RolloutService.CreateRollout:output_type -> sluice.rollout.v1.CreateRolloutResponse
+	28, // 65: sluice.rollout.v1.RolloutService.GetRollout:output_type -> sluice.rollout.v1.GetRolloutResponse
+	30, // 66: sluice.rollout.v1.RolloutService.ListRollouts:output_type -> sluice.rollout.v1.ListRolloutsResponse
+	32, // 67: sluice.rollout.v1.RolloutService.WatchRollout:output_type -> sluice.rollout.v1.WatchRolloutResponse
+	34, // 68: sluice.rollout.v1.RolloutService.PauseRollout:output_type -> sluice.rollout.v1.PauseRolloutResponse
+	36, // 69: sluice.rollout.v1.RolloutService.ResumeRollout:output_type -> sluice.rollout.v1.ResumeRolloutResponse
+	38, // 70: sluice.rollout.v1.RolloutService.PromoteRollout:output_type -> sluice.rollout.v1.PromoteRolloutResponse
+	40, // 71: sluice.rollout.v1.RolloutService.AbortRollout:output_type -> sluice.rollout.v1.AbortRolloutResponse
+	42, // 72: sluice.rollout.v1.RolloutService.ListAnalysisRuns:output_type -> sluice.rollout.v1.ListAnalysisRunsResponse
+	44, // 73: sluice.rollout.v1.RolloutService.GetAnalysisRun:output_type -> sluice.rollout.v1.GetAnalysisRunResponse
+	64, // [64:74] is the sub-list for method output_type
+	54, // [54:64] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_sluice_rollout_v1_rollout_proto_init() }
@@ -2049,29 +3535,37 @@ func file_sluice_rollout_v1_rollout_proto_init() {
 	if File_sluice_rollout_v1_rollout_proto != nil {
 		return
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[1].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[4].OneofWrappers = []any{}
+	file_sluice_rollout_v1_rollout_proto_msgTypes[5].OneofWrappers = []any{
+		(*MetricProvider_Builtin)(nil),
+		(*MetricProvider_Clickhouse)(nil),
+		(*MetricProvider_Prometheus)(nil),
+	}
+	file_sluice_rollout_v1_rollout_proto_msgTypes[10].OneofWrappers = []any{
 		(*Strategy_Canary)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[3].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[12].OneofWrappers = []any{
 		(*CanaryStep_SetWeight)(nil),
 		(*CanaryStep_Pause)(nil),
 		(*CanaryStep_SetHeaderRoute)(nil),
+		(*CanaryStep_Analysis)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[5].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[14].OneofWrappers = []any{
 		(*Match_Header)(nil),
 		(*Match_Cookie)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[6].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[15].OneofWrappers = []any{
 		(*HeaderRoute_Exact)(nil),
 		(*HeaderRoute_Prefix)(nil),
 	}
+	file_sluice_rollout_v1_rollout_proto_msgTypes[20].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_rollout_v1_rollout_proto_rawDesc), len(file_sluice_rollout_v1_rollout_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   27,
+			NumEnums:      2,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

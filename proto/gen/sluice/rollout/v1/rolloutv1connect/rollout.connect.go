@@ -57,6 +57,12 @@ const (
 	// RolloutServiceAbortRolloutProcedure is the fully-qualified name of the RolloutService's
 	// AbortRollout RPC.
 	RolloutServiceAbortRolloutProcedure = "/sluice.rollout.v1.RolloutService/AbortRollout"
+	// RolloutServiceListAnalysisRunsProcedure is the fully-qualified name of the RolloutService's
+	// ListAnalysisRuns RPC.
+	RolloutServiceListAnalysisRunsProcedure = "/sluice.rollout.v1.RolloutService/ListAnalysisRuns"
+	// RolloutServiceGetAnalysisRunProcedure is the fully-qualified name of the RolloutService's
+	// GetAnalysisRun RPC.
+	RolloutServiceGetAnalysisRunProcedure = "/sluice.rollout.v1.RolloutService/GetAnalysisRun"
 )
 
 // RolloutServiceClient is a client for the sluice.rollout.v1.RolloutService service.
@@ -81,6 +87,11 @@ type RolloutServiceClient interface {
 	PromoteRollout(context.Context, *connect.Request[v1.PromoteRolloutRequest]) (*connect.Response[v1.PromoteRolloutResponse], error)
 	// AbortRollout returns every selected agent to 100 % stable.
 	AbortRollout(context.Context, *connect.Request[v1.AbortRolloutRequest]) (*connect.Response[v1.AbortRolloutResponse], error)
+	// ListAnalysisRuns lists a rollout's analysis runs with their metric
+	// results.
+	ListAnalysisRuns(context.Context, *connect.Request[v1.ListAnalysisRunsRequest]) (*connect.Response[v1.ListAnalysisRunsResponse], error)
+	// GetAnalysisRun returns one run with every measurement taken.
+	GetAnalysisRun(context.Context, *connect.Request[v1.GetAnalysisRunRequest]) (*connect.Response[v1.GetAnalysisRunResponse], error)
 }
 
 // NewRolloutServiceClient constructs a client for the sluice.rollout.v1.RolloutService service. By
@@ -145,19 +156,35 @@ func NewRolloutServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(rolloutServiceMethods.ByName("AbortRollout")),
 			connect.WithClientOptions(opts...),
 		),
+		listAnalysisRuns: connect.NewClient[v1.ListAnalysisRunsRequest, v1.ListAnalysisRunsResponse](
+			httpClient,
+			baseURL+RolloutServiceListAnalysisRunsProcedure,
+			connect.WithSchema(rolloutServiceMethods.ByName("ListAnalysisRuns")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		getAnalysisRun: connect.NewClient[v1.GetAnalysisRunRequest, v1.GetAnalysisRunResponse](
+			httpClient,
+			baseURL+RolloutServiceGetAnalysisRunProcedure,
+			connect.WithSchema(rolloutServiceMethods.ByName("GetAnalysisRun")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // rolloutServiceClient implements RolloutServiceClient.
 type rolloutServiceClient struct {
-	createRollout  *connect.Client[v1.CreateRolloutRequest, v1.CreateRolloutResponse]
-	getRollout     *connect.Client[v1.GetRolloutRequest, v1.GetRolloutResponse]
-	listRollouts   *connect.Client[v1.ListRolloutsRequest, v1.ListRolloutsResponse]
-	watchRollout   *connect.Client[v1.WatchRolloutRequest, v1.WatchRolloutResponse]
-	pauseRollout   *connect.Client[v1.PauseRolloutRequest, v1.PauseRolloutResponse]
-	resumeRollout  *connect.Client[v1.ResumeRolloutRequest, v1.ResumeRolloutResponse]
-	promoteRollout *connect.Client[v1.PromoteRolloutRequest, v1.PromoteRolloutResponse]
-	abortRollout   *connect.Client[v1.AbortRolloutRequest, v1.AbortRolloutResponse]
+	createRollout    *connect.Client[v1.CreateRolloutRequest, v1.CreateRolloutResponse]
+	getRollout       *connect.Client[v1.GetRolloutRequest, v1.GetRolloutResponse]
+	listRollouts     *connect.Client[v1.ListRolloutsRequest, v1.ListRolloutsResponse]
+	watchRollout     *connect.Client[v1.WatchRolloutRequest, v1.WatchRolloutResponse]
+	pauseRollout     *connect.Client[v1.PauseRolloutRequest, v1.PauseRolloutResponse]
+	resumeRollout    *connect.Client[v1.ResumeRolloutRequest, v1.ResumeRolloutResponse]
+	promoteRollout   *connect.Client[v1.PromoteRolloutRequest, v1.PromoteRolloutResponse]
+	abortRollout     *connect.Client[v1.AbortRolloutRequest, v1.AbortRolloutResponse]
+	listAnalysisRuns *connect.Client[v1.ListAnalysisRunsRequest, v1.ListAnalysisRunsResponse]
+	getAnalysisRun   *connect.Client[v1.GetAnalysisRunRequest, v1.GetAnalysisRunResponse]
 }
 
 // CreateRollout calls sluice.rollout.v1.RolloutService.CreateRollout.
@@ -200,6 +227,16 @@ func (c *rolloutServiceClient) AbortRollout(ctx context.Context, req *connect.Re
 	return c.abortRollout.CallUnary(ctx, req)
 }
 
+// ListAnalysisRuns calls sluice.rollout.v1.RolloutService.ListAnalysisRuns.
+func (c *rolloutServiceClient) ListAnalysisRuns(ctx context.Context, req *connect.Request[v1.ListAnalysisRunsRequest]) (*connect.Response[v1.ListAnalysisRunsResponse], error) {
+	return c.listAnalysisRuns.CallUnary(ctx, req)
+}
+
+// GetAnalysisRun calls sluice.rollout.v1.RolloutService.GetAnalysisRun.
+func (c *rolloutServiceClient) GetAnalysisRun(ctx context.Context, req *connect.Request[v1.GetAnalysisRunRequest]) (*connect.Response[v1.GetAnalysisRunResponse], error) {
+	return c.getAnalysisRun.CallUnary(ctx, req)
+}
+
 // RolloutServiceHandler is an implementation of the sluice.rollout.v1.RolloutService service.
 type RolloutServiceHandler interface {
 	// CreateRollout starts a rollout. It is idempotent: the same id with the
@@ -222,6 +259,11 @@ type RolloutServiceHandler interface {
 	PromoteRollout(context.Context, *connect.Request[v1.PromoteRolloutRequest]) (*connect.Response[v1.PromoteRolloutResponse], error)
 	// AbortRollout returns every selected agent to 100 % stable.
 	AbortRollout(context.Context, *connect.Request[v1.AbortRolloutRequest]) (*connect.Response[v1.AbortRolloutResponse], error)
+	// ListAnalysisRuns lists a rollout's analysis runs with their metric
+	// results.
+	ListAnalysisRuns(context.Context, *connect.Request[v1.ListAnalysisRunsRequest]) (*connect.Response[v1.ListAnalysisRunsResponse], error)
+	// GetAnalysisRun returns one run with every measurement taken.
+	GetAnalysisRun(context.Context, *connect.Request[v1.GetAnalysisRunRequest]) (*connect.Response[v1.GetAnalysisRunResponse], error)
 }
 
 // NewRolloutServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -282,6 +324,20 @@ func NewRolloutServiceHandler(svc RolloutServiceHandler, opts ...connect.Handler
 		connect.WithSchema(rolloutServiceMethods.ByName("AbortRollout")),
 		connect.WithHandlerOptions(opts...),
 	)
+	rolloutServiceListAnalysisRunsHandler := connect.NewUnaryHandler(
+		RolloutServiceListAnalysisRunsProcedure,
+		svc.ListAnalysisRuns,
+		connect.WithSchema(rolloutServiceMethods.ByName("ListAnalysisRuns")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	rolloutServiceGetAnalysisRunHandler := connect.NewUnaryHandler(
+		RolloutServiceGetAnalysisRunProcedure,
+		svc.GetAnalysisRun,
+		connect.WithSchema(rolloutServiceMethods.ByName("GetAnalysisRun")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/sluice.rollout.v1.RolloutService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case RolloutServiceCreateRolloutProcedure:
@@ -300,6 +356,10 @@ func NewRolloutServiceHandler(svc RolloutServiceHandler, opts ...connect.Handler
 			rolloutServicePromoteRolloutHandler.ServeHTTP(w, r)
 		case RolloutServiceAbortRolloutProcedure:
 			rolloutServiceAbortRolloutHandler.ServeHTTP(w, r)
+		case RolloutServiceListAnalysisRunsProcedure:
+			rolloutServiceListAnalysisRunsHandler.ServeHTTP(w, r)
+		case RolloutServiceGetAnalysisRunProcedure:
+			rolloutServiceGetAnalysisRunHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -339,4 +399,12 @@ func (UnimplementedRolloutServiceHandler) PromoteRollout(context.Context, *conne
 
 func (UnimplementedRolloutServiceHandler) AbortRollout(context.Context, *connect.Request[v1.AbortRolloutRequest]) (*connect.Response[v1.AbortRolloutResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sluice.rollout.v1.RolloutService.AbortRollout is not implemented"))
+}
+
+func (UnimplementedRolloutServiceHandler) ListAnalysisRuns(context.Context, *connect.Request[v1.ListAnalysisRunsRequest]) (*connect.Response[v1.ListAnalysisRunsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sluice.rollout.v1.RolloutService.ListAnalysisRuns is not implemented"))
+}
+
+func (UnimplementedRolloutServiceHandler) GetAnalysisRun(context.Context, *connect.Request[v1.GetAnalysisRunRequest]) (*connect.Response[v1.GetAnalysisRunResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sluice.rollout.v1.RolloutService.GetAnalysisRun is not implemented"))
 }
