@@ -10,15 +10,15 @@ import (
 
 // Contenders in the comparison, in report order.
 const (
-	cOurs        = iota // core/judge, error tolerance 1
-	cOursTol            // core/judge, error tolerance 1.2 (scenario (v) only)
-	cOracle             // SPRT with known rates and onset (regressions only)
-	cArgo               // tuned
-	cFlagger            // tuned
-	cKayenta10          // 98 %, look every 10 s
-	cKayenta60          // 98 %, look every 60 s
-	cKayenta10T         // tuned level, every 10 s
-	cKayenta60T         // tuned level, every 60 s
+	cOurs       = iota // core/judge, error tolerance 1
+	cOursTol           // core/judge, error tolerance 1.2 (scenario (v) only)
+	cOracle            // SPRT with known rates and onset (regressions only)
+	cArgo              // tuned
+	cFlagger           // tuned
+	cKayenta10         // 98 %, look every 10 s
+	cKayenta60         // 98 %, look every 60 s
+	cKayenta10T        // tuned level, every 10 s
+	cKayenta60T        // tuned level, every 60 s
 	nContenders
 )
 

@@ -34,8 +34,46 @@ func (g *rng) poissonSmall(mu, expMinusMu float64) uint64 {
 	return k
 }
 
-// poisson draws Poisson(mu): inversion below 10, otherwise Hörmann's
-// transformed rejection with squeeze (PTRS, 1993).
+// ptrs holds the constants of Hörmann's transformed rejection with squeeze
+// (PTRS, 1993) for one Poisson mean >= 10, so that repeated draws with the
+// same mean skip the set-up.
+type ptrs struct {
+	mu, logMu, a, b, logInvAlpha, vr float64
+}
+
+func newPTRS(mu float64) ptrs {
+	slam := math.Sqrt(mu)
+	b := 0.931 + 2.53*slam
+	return ptrs{
+		mu:          mu,
+		logMu:       math.Log(mu),
+		a:           -0.059 + 0.02483*b,
+		b:           b,
+		logInvAlpha: math.Log(1.1239 + 1.1328/(b-3.4)),
+		vr:          0.9277 - 3.6224/(b-2),
+	}
+}
+
+func (g *rng) poissonPTRS(c *ptrs) uint64 {
+	for {
+		u := g.r.Float64() - 0.5
+		v := g.r.Float64()
+		us := 0.5 - math.Abs(u)
+		k := math.Floor((2*c.a/us+c.b)*u + c.mu + 0.43)
+		if us >= 0.07 && v <= c.vr {
+			return uint64(k)
+		}
+		if k < 0 || (us < 0.013 && v > us) {
+			continue
+		}
+		lg, _ := math.Lgamma(k + 1)
+		if math.Log(v)+c.logInvAlpha-math.Log(c.a/(us*us)+c.b) <= -c.mu+k*c.logMu-lg {
+			return uint64(k)
+		}
+	}
+}
+
+// poisson draws Poisson(mu): inversion below 10, PTRS otherwise.
 func (g *rng) poisson(mu float64) uint64 {
 	if mu <= 0 {
 		return 0
@@ -43,28 +81,8 @@ func (g *rng) poisson(mu float64) uint64 {
 	if mu < 10 {
 		return g.poissonSmall(mu, math.Exp(-mu))
 	}
-	slam := math.Sqrt(mu)
-	loglam := math.Log(mu)
-	b := 0.931 + 2.53*slam
-	a := -0.059 + 0.02483*b
-	invAlpha := 1.1239 + 1.1328/(b-3.4)
-	vr := 0.9277 - 3.6224/(b-2)
-	for {
-		u := g.r.Float64() - 0.5
-		v := g.r.Float64()
-		us := 0.5 - math.Abs(u)
-		k := math.Floor((2*a/us+b)*u + mu + 0.43)
-		if us >= 0.07 && v <= vr {
-			return uint64(k)
-		}
-		if k < 0 || (us < 0.013 && v > us) {
-			continue
-		}
-		lg, _ := math.Lgamma(k + 1)
-		if math.Log(v)+math.Log(invAlpha)-math.Log(a/(us*us)+b) <= -mu+k*loglam-lg {
-			return uint64(k)
-		}
-	}
+	c := newPTRS(mu)
+	return g.poissonPTRS(&c)
 }
 
 // binomial draws Binomial(n, p) exactly by inversion over the support

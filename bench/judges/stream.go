@@ -179,13 +179,20 @@ func (m latencyModel) binProbs(edges []float64) []float64 {
 // armGen draws one arm's seconds from a fixed regime.
 type armGen struct {
 	mu, expMu []float64 // per bin: expected count and exp(-mean)
+	big       []ptrs    // per bin with mean >= 10
+	bigIdx    []int     // index into big, -1 for small means
 }
 
 func newArmGen(rate float64, probs []float64) armGen {
-	g := armGen{mu: make([]float64, len(probs)), expMu: make([]float64, len(probs))}
+	g := armGen{mu: make([]float64, len(probs)), expMu: make([]float64, len(probs)), bigIdx: make([]int, len(probs))}
 	for i, p := range probs {
 		g.mu[i] = rate * math.Max(p, 0)
 		g.expMu[i] = math.Exp(-g.mu[i])
+		g.bigIdx[i] = -1
+		if g.mu[i] >= 10 {
+			g.bigIdx[i] = len(g.big)
+			g.big = append(g.big, newPTRS(g.mu[i]))
+		}
 	}
 	return g
 }
@@ -200,10 +207,10 @@ func (g armGen) draw(r *rng, out *armSecond) {
 	out.n = 0
 	for i, mu := range g.mu {
 		var k uint64
-		if mu < 10 {
-			k = r.poissonSmall(mu, g.expMu[i])
+		if b := g.bigIdx[i]; b >= 0 {
+			k = r.poissonPTRS(&g.big[b])
 		} else {
-			k = r.poisson(mu)
+			k = r.poissonSmall(mu, g.expMu[i])
 		}
 		out.bins[i] = k
 		out.n += k
