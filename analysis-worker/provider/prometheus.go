@@ -57,7 +57,7 @@ func (p *Prometheus) Measure(ctx context.Context, q Query) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("baseline: %w", err)
 	}
-	return Result{Value: v, Baseline: b, Explain: fmt.Sprintf("PromQL gave %.6g vs stable %.6g at %s", v, b, q.End.UTC().Format("15:04:05"))}, nil
+	return Result{Value: v, Baseline: b, Samples: -1, Explain: fmt.Sprintf("PromQL gave %.6g vs stable %.6g at %s", v, b, q.End.UTC().Format("15:04:05"))}, nil
 }
 
 func (p *Prometheus) instant(ctx context.Context, q Query, variant string) (float64, error) {

@@ -38,6 +38,10 @@ type Result struct {
 	// Baseline is the same metric for the stable revision; NaN when there
 	// is no data or the provider cannot tell.
 	Baseline float64
+	// Samples is the number of candidate requests in the window, or -1
+	// when the provider cannot tell (Prometheus): minSampleSize then does
+	// not apply.
+	Samples int64
 	// Explain says what was measured, in words and numbers.
 	Explain string
 }
@@ -96,7 +100,7 @@ func (b *Builtin) Measure(ctx context.Context, q Query) (Result, error) {
 	}
 	c, s := w[q.Candidate], w[q.Baseline]
 	secs := q.Window().Seconds()
-	res := Result{Value: math.NaN(), Baseline: math.NaN()}
+	res := Result{Value: math.NaN(), Baseline: math.NaN(), Samples: int64(c.Requests)}
 	switch b.Kind {
 	case rollout.BuiltinErrorRate:
 		if c.Requests > 0 {
@@ -229,5 +233,10 @@ func (s *SQL) Measure(ctx context.Context, q Query) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("clickhouse query for the baseline: %w", err)
 	}
-	return Result{Value: v, Baseline: b, Explain: fmt.Sprintf("query gave %.6g vs stable %.6g over the last %s", v, b, q.Window())}, nil
+	w, err := s.store.Window(ctx, q.Service, []string{q.Candidate}, q.Start, q.End)
+	if err != nil {
+		return Result{}, fmt.Errorf("count candidate requests: %w", err)
+	}
+	n := w[q.Candidate].Requests
+	return Result{Value: v, Baseline: b, Samples: int64(n), Explain: fmt.Sprintf("query gave %.6g vs stable %.6g, %s requests in the last %s", v, b, count(n), q.Window())}, nil
 }

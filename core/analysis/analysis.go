@@ -47,7 +47,8 @@ type Cond struct {
 // Classify returns the phase of a measurement and why. Rules, in order:
 // a provider error (provErr) or a condition that could not be evaluated is
 // Error; a value that is NaN, or fewer candidate requests than
-// MinSampleSize, is Inconclusive; a failure condition that holds is Failed;
+// MinSampleSize, is Inconclusive (samples < 0 means the provider cannot
+// count requests, and MinSampleSize does not apply); a failure condition that holds is Failed;
 // with a success condition, true is Successful and false is Failed when there
 // is no failure condition, Inconclusive when there is one (neither holds);
 // with only a failure condition, false is Successful.
@@ -61,7 +62,7 @@ func Classify(m rollout.Metric, value float64, samples int64, provErr error, suc
 		return rollout.RunError, "failure condition: " + failure.Err.Error()
 	case math.IsNaN(value):
 		return rollout.RunInconclusive, "no data in the window"
-	case samples < m.MinSampleSize:
+	case samples >= 0 && samples < m.MinSampleSize:
 		return rollout.RunInconclusive, fmt.Sprintf("too few requests to judge: %d < minSampleSize %d", samples, m.MinSampleSize)
 	case failure.Set && failure.True:
 		return rollout.RunFailed, "failure condition holds: " + m.FailureCondition

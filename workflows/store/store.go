@@ -333,3 +333,33 @@ func (s *Store) WatchRecord(ctx context.Context, id string, fn func(corerollout.
 		}
 	}
 }
+
+// WatchRecords calls fn with every stored record, then with every new
+// version of any record, until fn returns false or ctx ends.
+func (s *Store) WatchRecords(ctx context.Context, fn func(corerollout.Record) bool) error {
+	w, err := s.rollouts.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch records: %w", err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("records watch closed")
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			r, err := decodeRecord(e.Value())
+			if err != nil {
+				continue
+			}
+			if !fn(r) {
+				return nil
+			}
+		}
+	}
+}
