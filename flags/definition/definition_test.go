@@ -415,3 +415,23 @@ func TestParseRejectsRules(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParse checks that no input makes Parse or Load panic, and that what
+// Parse accepts, Load accepts without warnings.
+func FuzzParse(f *testing.F) {
+	f.Add(flag("a", okFlag))
+	f.Add(`{"flags": [{"key": "a", "state": "ENABLED", "variants": {"x": 1}}], "$evaluators": {"e": {"!": {"$ref": "e"}}}}`)
+	f.Add(`{"flags": {"a": {"state": "ENABLED", "variants": {"on": true, "off": false}, "targeting": {"if": [{"$ref": "e"}, "on", {"fractional": [["on", 1], ["off", 2]]}]}}}, "$evaluators": {"e": {"sem_ver": [{"var": "v"}, "^", "1.0.0"]}}}`)
+	f.Fuzz(func(t *testing.T, doc string) {
+		set, err := Parse([]byte(doc))
+		loaded, warnings, lerr := Load([]byte(doc))
+		if err == nil {
+			if lerr != nil || len(warnings) > 0 {
+				t.Errorf("Parse accepted %s but Load says %v, %v", doc, lerr, warnings)
+			}
+			if len(set.Flags) != len(loaded.Flags) {
+				t.Errorf("Parse and Load disagree on %s", doc)
+			}
+		}
+	})
+}

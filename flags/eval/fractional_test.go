@@ -44,35 +44,39 @@ func mustEvaluator(t testing.TB, doc string) *Evaluator {
 	return New(set)
 }
 
-// rolloutFlag is a two-variant percentage rollout with the raised variant
-// first or last.
-func rolloutFlag(percent int, newFirst bool) string {
-	buckets := fmt.Sprintf(`["new", %d], ["old", %d]`, percent, 100-percent)
+// rolloutFlag is a two-variant rollout with weights newW and oldW, the
+// raised variant first or last.
+func rolloutFlag(newW, oldW int, newFirst bool) string {
+	buckets := fmt.Sprintf(`["new", %d], ["old", %d]`, newW, oldW)
 	if !newFirst {
-		buckets = fmt.Sprintf(`["old", %d], ["new", %d]`, 100-percent, percent)
+		buckets = fmt.Sprintf(`["old", %d], ["new", %d]`, oldW, newW)
 	}
 	return fmt.Sprintf(`{"flags": {"rollout": {"state": "ENABLED", "variants": {"new": true, "old": false},
 		"defaultVariant": "old", "targeting": {"fractional": [%s]}}}}`, buckets)
 }
 
 // TestRaisingPercentageOnlyAddsUsers proves the property docs/flags.md
-// states: with the total weight fixed, raising the share of the first (or
-// last) bucket keeps every user who already had it and only adds users.
+// states: raising the share of the first (or last) bucket keeps every user
+// who already had it and only adds users, whether or not the total weight
+// changes between steps.
 func TestRaisingPercentageOnlyAddsUsers(t *testing.T) {
 	const users = 20000
-	steps := []int{0, 1, 5, 10, 25, 50, 75, 99, 100}
+	steps := []struct{ newW, oldW int }{
+		{0, 1}, {1, 99}, {1, 19}, {1, 9}, {1, 4}, {25, 75}, {1, 1}, {3, 1}, {99, 1}, {1, 0},
+	}
 	for _, newFirst := range []bool{true, false} {
 		t.Run(fmt.Sprintf("new variant first=%v", newFirst), func(t *testing.T) {
 			var prev map[string]bool
-			prevPct := 0
-			for _, pct := range steps {
-				ev := mustEvaluator(t, rolloutFlag(pct, newFirst))
+			prevShare := 0.0
+			for _, st := range steps {
+				share := float64(st.newW) / float64(st.newW+st.oldW) * 100
+				ev := mustEvaluator(t, rolloutFlag(st.newW, st.oldW, newFirst))
 				cur := map[string]bool{}
 				for i := 0; i < users; i++ {
 					key := fmt.Sprintf("user-%d", i)
 					r := ev.Boolean("rollout", false, Context{TargetingKey: key}, time.Time{})
 					if r.Reason != ReasonTargetingMatch {
-						t.Fatalf("%d%%, user %s: reason %s (%s)", pct, key, r.Reason, r.ErrorMessage)
+						t.Fatalf("weights %v, user %s: reason %s (%s)", st, key, r.Reason, r.ErrorMessage)
 					}
 					if r.Value {
 						cur[key] = true
@@ -80,13 +84,13 @@ func TestRaisingPercentageOnlyAddsUsers(t *testing.T) {
 				}
 				for key := range prev {
 					if !cur[key] {
-						t.Fatalf("raising %d%% -> %d%% removed user %s from the new variant", prevPct, pct, key)
+						t.Fatalf("raising %.1f%% -> %.1f%% (weights %v) removed user %s from the new variant", prevShare, share, st, key)
 					}
 				}
-				if got, want := float64(len(cur))/users*100, float64(pct); math.Abs(got-want) > 1.5 {
-					t.Errorf("%d%%: %.2f%% of users got the new variant", pct, got)
+				if got := float64(len(cur)) / users * 100; math.Abs(got-share) > 1.5 {
+					t.Errorf("weights %v (%.1f%%): %.2f%% of users got the new variant", st, share, got)
 				}
-				prev, prevPct = cur, pct
+				prev, prevShare = cur, share
 			}
 		})
 	}

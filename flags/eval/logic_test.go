@@ -385,3 +385,44 @@ func TestTypedAttributes(t *testing.T) {
 		})
 	}
 }
+
+// FuzzRule compiles and evaluates arbitrary JSON as a rule: it must never
+// panic, and a rule used as a condition must be exactly as truthy as its
+// value.
+func FuzzRule(f *testing.F) {
+	seeds := []string{
+		`{"if": [{"and": [{"ends_with": [{"var": "email"}, "@example.com"]}, {"sem_ver": [{"var": "v"}, ">=", "2.1.0"]}]}, "on", "off"]}`,
+		`{"fractional": [{"cat": [{"var": "$flagd.flagKey"}, {"var": "email"}]}, ["a", 25], ["b", {"var": "n"}]]}`,
+		`{"fractional": [{"var": "list"}, ["a", 1]]}`,
+		`{"reduce": [{"var": "list"}, {"+": [{"var": "current"}, {"var": "accumulator"}]}, 0]}`,
+		`{"missing_some": [1, ["a", {"var": "email"}]]}`,
+		`{"in": [{"var": "n"}, ["1", 2, [3, 4]]]}`,
+		`{"substr": [{"var": "email"}, -3, {"var": "n"}]}`,
+		`{"var": [{"cat": ["li", "st.", 1]}, 0]}`,
+		`{"map": [{"var": "list"}, {"some": [[1, 2], {"==": [{"var": ""}, 2]}]}]}`,
+		`{"!": {"sem_ver": [{"var": "n"}, {"var": "email"}, "1"]}}`,
+		`[1, {"var": "email"}, {"merge": [[1], 2]}]`,
+	}
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	data := map[string]any{
+		"email": "a@example.com", "v": "2.3.0", "n": 3.0, "list": []any{1.0, "x", nil, []any{2.0}, map[string]any{"k": 1.0}},
+		"user": map[string]any{"name": "x"},
+	}
+	f.Fuzz(func(t *testing.T, rule string) {
+		var r any
+		if err := json.Unmarshal([]byte(rule), &r); err != nil {
+			return
+		}
+		n, err := compile(r)
+		if err != nil {
+			return
+		}
+		e := env{attrs: data, targetingKey: "tk", flagKey: "f", timestamp: 1}
+		v := n.eval(&e)
+		if got, want := n.test(&e), v.truthy(); got != want {
+			t.Errorf("%s: test() = %v, truthiness of its value %#v = %v", rule, got, v.toAny(), want)
+		}
+	})
+}
