@@ -169,8 +169,9 @@ func (e *Evaluator) Keys() []string { return e.keys }
 // modified.
 func (e *Evaluator) Metadata() map[string]any { return e.metadata }
 
-// Problems returns, by flag key, the targeting rules that could not be
-// compiled; those flags evaluate to PARSE_ERROR.
+// Problems returns, by flag key, why targeting rules could not be compiled
+// (each a *CompileError); those flags evaluate to PARSE_ERROR. The map is
+// shared and must not be modified.
 func (e *Evaluator) Problems() map[string]error { return e.problems }
 
 // outcome is a resolution before it is typed.
