@@ -208,8 +208,7 @@ func build(data []byte, p *problems) *Set {
 				continue
 			}
 			if _, dup := s.Flags[key]; dup {
-				p.fatal(pointer(at, "key"), "duplicate flag key %q", key)
-				continue
+				p.soft(pointer(at, "key"), "duplicate flag key %q (the last occurrence is used)", key)
 			}
 			if f := checkFlag(at, key, obj, evals, p); f != nil {
 				s.Flags[key] = f

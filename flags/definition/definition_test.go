@@ -114,7 +114,7 @@ func TestParseErrors(t *testing.T) {
 		{"set metadata", `{"flags": {}, "metadata": {"flagSetId": 3}}`, []string{`/metadata/flagSetId: must be a string, not number`}},
 		{"duplicate key", `{"flags": {"a": ` + okFlag + `, "a": ` + okFlag + `}}`, []string{`/flags/a: duplicate key "a" (the last occurrence is used)`}},
 		{"duplicate key in array form", `{"flags": [{"key": "a", "state": "ENABLED", "variants": {"x": 1}}, {"key": "a", "state": "ENABLED", "variants": {"x": 1}}]}`,
-			[]string{`/flags/1/key: duplicate flag key "a"`}},
+			[]string{`/flags/1/key: duplicate flag key "a" (the last occurrence is used)`}},
 		{"array form without key", `{"flags": [{"state": "ENABLED", "variants": {"x": 1}}]}`,
 			[]string{`/flags/0/key: a flag in a flags array needs a non-empty string key`}},
 		{"key with slash is escaped in the path", flag("team/a~b", `{"state": "ENABLED", "variants": {"x": 1}, "defaultVariant": "y"}`), []string{
