@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -83,14 +84,12 @@ func (o *Options) defaults() error {
 	if o.StopTimeout <= 0 {
 		o.StopTimeout = 30 * time.Second
 	}
-	for _, port := range []*int{&o.TCPPort, &o.HTTPPort} {
-		if *port == 0 {
-			p, err := proc.FreePort(host)
-			if err != nil {
-				return err
-			}
-			*port = p
+	if o.TCPPort == 0 || o.HTTPPort == 0 {
+		fresh, err := proc.FreePorts(host, 2)
+		if err != nil {
+			return err
 		}
+		fillPorts(o, o.TCPPort == 0, o.HTTPPort == 0, fresh)
 	}
 	if o.TCPPort == o.HTTPPort {
 		return fmt.Errorf("TCPPort and HTTPPort are both %d", o.TCPPort)
@@ -98,23 +97,46 @@ func (o *Options) defaults() error {
 	return nil
 }
 
+// fillPorts sets the ports chosen automatically from fresh, two distinct free ports, so that the
+// TCP and HTTP ports differ.
+func fillPorts(o *Options, autoTCP, autoHTTP bool, fresh []int) {
+	if autoTCP {
+		o.TCPPort = fresh[0]
+		if !autoHTTP && o.TCPPort == o.HTTPPort {
+			o.TCPPort = fresh[1]
+		}
+	}
+	if autoHTTP {
+		o.HTTPPort = fresh[1]
+		if o.HTTPPort == o.TCPPort {
+			o.HTTPPort = fresh[0]
+		}
+	}
+}
+
 // Server is a running (or stopped, restartable) ClickHouse server. Its methods are safe for
 // concurrent use.
 type Server struct {
 	opts Options // with defaults applied and ports resolved
 
-	mu   sync.Mutex
-	proc *proc.Process // nil while stopped
+	// autoTCP and autoHTTP say which ports Start picked; those may move until the first
+	// successful start.
+	autoTCP, autoHTTP bool
+
+	mu      sync.Mutex
+	proc    *proc.Process // nil while stopped
+	started bool          // a start has succeeded; the ports are fixed from then on
 }
 
 // Start writes the configuration into opts.Dir, launches the server and waits until `SELECT 1`
 // succeeds over the native protocol. On error no process is left running; the error includes the
 // end of the server's error log.
 func Start(ctx context.Context, opts Options) (*Server, error) {
+	autoTCP, autoHTTP := opts.TCPPort == 0, opts.HTTPPort == 0
 	if err := opts.defaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts}
+	s := &Server{opts: opts, autoTCP: autoTCP, autoHTTP: autoHTTP}
 	if err := s.start(ctx); err != nil {
 		return nil, err
 	}
@@ -207,35 +229,85 @@ func (s *Server) start(ctx context.Context) error {
 	if s.proc != nil {
 		return errors.New("clickhouse already running")
 	}
+	for attempt := 1; ; attempt++ {
+		p, errTail, err := s.launch(ctx)
+		if err == nil {
+			s.proc = p
+			s.started = true
+			return nil
+		}
+		// A port picked as free may be taken before the server binds it. Ports chosen by Start
+		// move until the first successful start; after that Addr stays put.
+		if attempt == maxAttempts || s.started || !proc.AddrInUse(errTail) {
+			return err
+		}
+		given := func(auto bool, port int) bool {
+			return !auto && strings.Contains(errTail, net.JoinHostPort(host, strconv.Itoa(port)))
+		}
+		if given(s.autoTCP, s.opts.TCPPort) || given(s.autoHTTP, s.opts.HTTPPort) || !s.autoTCP && !s.autoHTTP {
+			return err // a port the caller chose is taken: nothing to change
+		}
+		fresh, perr := proc.FreePorts(host, 2)
+		if perr != nil {
+			return err
+		}
+		fillPorts(&s.opts, s.autoTCP, s.autoHTTP, fresh)
+	}
+}
+
+// maxAttempts bounds the starts tried when a port turns out to be taken.
+const maxAttempts = 4
+
+// launch runs the server once and waits until it answers. On error the process has been killed
+// and errTail holds what it wrote to its error log.
+func (s *Server) launch(ctx context.Context) (p *proc.Process, errTail string, err error) {
 	configPath, err := writeConfig(s.opts)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	binary, args := s.opts.Binary, []string{"--config-file=" + configPath}
 	if filepath.Base(binary) == "clickhouse" {
 		args = append([]string{"server"}, args...)
 	}
-	p, err := proc.Start(binary, args, filepath.Join(s.opts.Dir, "log", "stdout.log"), nil)
+	errLog := filepath.Join(s.opts.Dir, "log", "clickhouse-server.err.log")
+	errLogOffset := proc.Size(errLog)
+	p, err = proc.Start(binary, args, filepath.Join(s.opts.Dir, "log", "stdout.log"), nil)
 	if err != nil {
-		return fmt.Errorf("clickhouse: %w", err)
+		return nil, "", fmt.Errorf("clickhouse: %w", err)
 	}
 	readyCtx, cancel := context.WithTimeout(ctx, s.opts.ReadyTimeout)
 	defer cancel()
 	if err := s.waitReady(readyCtx, p); err != nil {
 		_ = p.Kill()
-		errLog := filepath.Join(s.opts.Dir, "log", "clickhouse-server.err.log")
-		return fmt.Errorf("clickhouse on %s (dir %s): %w\nlast lines of %s:\n%s\nlast lines of stdout/stderr:\n%s",
-			s.Addr(), s.opts.Dir, err, errLog, proc.Indent(proc.LogTail(errLog, 20)), proc.Indent(p.LogTail(10)))
+		errTail := proc.LogTailFrom(errLog, errLogOffset, 20)
+		return nil, errTail, fmt.Errorf(
+			"clickhouse on %s (dir %s): %w\nlast lines of %s:\n%s\nlast lines of stdout/stderr:\n%s",
+			s.Addr(), s.opts.Dir, err, errLog, proc.Indent(errTail), proc.Indent(p.LogTail(10)))
 	}
-	s.proc = p
-	return nil
+	return p, "", nil
 }
 
 func (s *Server) waitReady(ctx context.Context, p *proc.Process) error {
+	// Stop probing as soon as the process dies: a probe can hang on a port that someone else
+	// holds.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	var lastErr error
 	for {
 		if lastErr = s.probe(ctx); lastErr == nil {
 			return nil
+		}
+		select {
+		case <-p.Done():
+			return fmt.Errorf("exited before it was ready: %v", p.ExitError())
+		default:
 		}
 		select {
 		case <-p.Done():

@@ -117,3 +117,16 @@ func TestStartWithoutBinary(t *testing.T) {
 		t.Fatalf("Start with a missing binary: got %v, want an error that says how to install it", err)
 	}
 }
+
+func TestStartOnTakenPort(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	_, err = clickhouse.Start(context.Background(), clickhouse.Options{Dir: t.TempDir(), TCPPort: port})
+	if err == nil || !strings.Contains(err.Error(), "Address already in use") {
+		t.Fatalf("Start on taken port %d: got %v, want an error quoting the server's bind failure", port, err)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -114,17 +115,21 @@ func (o *Options) defaults() error {
 type Server struct {
 	opts Options // with defaults applied and Port resolved
 
-	mu   sync.Mutex
-	proc *proc.Process // nil while stopped
+	autoPort bool // Port was picked by Start, so it may move until the first successful start
+
+	mu      sync.Mutex
+	proc    *proc.Process // nil while stopped
+	started bool          // a start has succeeded; the port is fixed from then on
 }
 
 // Start launches temporal-dev and waits until the frontend answers and the namespace is usable.
 // On error no process is left running; the error includes the end of the server log.
 func Start(ctx context.Context, opts Options) (*Server, error) {
+	autoPort := opts.Port == 0
 	if err := opts.defaults(); err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts}
+	s := &Server{opts: opts, autoPort: autoPort}
 	if err := s.start(ctx); err != nil {
 		return nil, err
 	}
@@ -229,6 +234,42 @@ func (s *Server) start(ctx context.Context) error {
 	if s.proc != nil {
 		return errors.New("temporal-dev already running")
 	}
+	for attempt := 1; ; attempt++ {
+		p, err := s.launch(ctx)
+		if err == nil {
+			s.proc = p
+			s.started = true
+			return nil
+		}
+		// temporal-dev picks its internal ports afresh at every start; another process may take
+		// one (or the frontend port chosen for us) between the check and the bind. Try again
+		// with other ports; the frontend port only moves before the first successful start.
+		if attempt == maxAttempts || p == nil {
+			return err
+		}
+		out := p.LogTail(400)
+		if !proc.AddrInUse(out) {
+			return err
+		}
+		if strings.Contains(out, net.JoinHostPort(s.opts.IP, strconv.Itoa(s.opts.Port))+": bind") {
+			if !s.autoPort || s.started {
+				return err // the frontend port was given or is fixed by now: nothing to change
+			}
+			port, perr := proc.FreePort(s.opts.IP)
+			if perr != nil {
+				return err
+			}
+			s.opts.Port = port
+		}
+	}
+}
+
+// maxAttempts bounds the starts tried when a port turns out to be taken.
+const maxAttempts = 4
+
+// launch runs temporal-dev once and waits until it is ready. On error the process, if any, has
+// been killed and is returned for its output.
+func (s *Server) launch(ctx context.Context) (*proc.Process, error) {
 	o := s.opts
 	args := []string{
 		"--db-file", o.DBFile,
@@ -240,25 +281,57 @@ func (s *Server) start(ctx context.Context) error {
 	args = append(args, o.ExtraArgs...)
 	p, err := proc.Start(o.Binary, args, o.LogFile, nil)
 	if err != nil {
-		return fmt.Errorf("temporal-dev: %w", err)
+		return nil, fmt.Errorf("temporal-dev: %w", err)
 	}
 	readyCtx, cancel := context.WithTimeout(ctx, o.ReadyTimeout)
 	defer cancel()
 	if err := s.waitReady(readyCtx, p); err != nil {
 		_ = p.Kill()
-		return fmt.Errorf("temporal-dev on %s (db %s): %w\nlast lines of %s:\n%s",
-			s.HostPort(), o.DBFile, err, o.LogFile, proc.Indent(p.LogTail(30)))
+		return p, fmt.Errorf("temporal-dev on %s (db %s): %w\nlast log lines (stack traces left out) of %s:\n%s",
+			s.HostPort(), o.DBFile, err, o.LogFile, proc.Indent(withoutStacks(p.LogTail(400), 25)))
 	}
-	s.proc = p
-	return nil
+	return p, nil
+}
+
+// withoutStacks keeps the last n log records of out, dropping the stack-trace lines that the
+// server prints after fatal and error records.
+func withoutStacks(out string, n int) string {
+	var kept []string
+	for _, line := range strings.Split(out, "\n") {
+		frame := !strings.ContainsAny(line, " \t") && strings.Contains(line, ".") // e.g. main.run
+		if line == "" || line[0] == '\t' || frame {
+			continue
+		}
+		kept = append(kept, line)
+	}
+	if len(kept) > n {
+		kept = kept[len(kept)-n:]
+	}
+	return strings.Join(kept, "\n")
 }
 
 // waitReady polls until a client can describe the namespace, the process exits or ctx ends.
 func (s *Server) waitReady(ctx context.Context, p *proc.Process) error {
+	// Stop probing as soon as the process dies: a probe can hang on a port that someone else
+	// holds.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	var lastErr error
 	for {
 		if lastErr = s.probe(ctx); lastErr == nil {
 			return nil
+		}
+		select {
+		case <-p.Done():
+			return fmt.Errorf("exited before it was ready: %v", p.ExitError())
+		default:
 		}
 		select {
 		case <-p.Done():

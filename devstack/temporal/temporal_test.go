@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -260,5 +261,27 @@ func TestStartTBFailsLoudlyWithoutBinary(t *testing.T) {
 	<-done
 	if !strings.Contains(rec.fatal, "make tools") || !strings.Contains(rec.fatal, temporal.BinaryEnv) {
 		t.Fatalf("StartTB without a binary: Fatalf(%q), want a message naming %s and `make tools`", rec.fatal, temporal.BinaryEnv)
+	}
+}
+
+func TestStartOnTakenPort(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	bin, err := temporal.FindBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	_, err = temporal.Start(context.Background(), temporal.Options{
+		Binary: bin,
+		DBFile: filepath.Join(t.TempDir(), "taken.db"),
+		Port:   port,
+	})
+	t.Logf("Start on a taken port: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("Start on taken port %d: got %v, want an error quoting the server's bind failure", port, err)
 	}
 }

@@ -29,6 +29,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -294,7 +295,7 @@ func clearMembership(sqlCfg *config.SQL) error {
 func serverConfig(opts options, dbFile, advertise string) (*config.Config, error) {
 	// Three internal gRPC ports and four membership ports, all free right now. They are released
 	// just before the server binds them; the window is short and only loopback is involved.
-	ports, err := freePorts(advertise, 7)
+	ports, err := freePorts(advertise, 7, opts.port, opts.httpPort, opts.metricsPort)
 	if err != nil {
 		return nil, err
 	}
@@ -392,22 +393,25 @@ func dynamicConfig() dynamicconfig.StaticClient {
 	}
 }
 
-// freePorts returns n distinct ports that are free on ip right now.
-func freePorts(ip string, n int) ([]int, error) {
-	listeners := make([]net.Listener, 0, n)
+// freePorts returns n distinct ports that are free on ip right now, none of them in exclude (the
+// ports given on the command line, which nothing holds yet).
+func freePorts(ip string, n int, exclude ...int) ([]int, error) {
+	var listeners []net.Listener
 	defer func() {
 		for _, l := range listeners {
 			_ = l.Close()
 		}
 	}()
 	ports := make([]int, 0, n)
-	for range n {
+	for len(ports) < n {
 		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 		if err != nil {
 			return nil, fmt.Errorf("pick a free port on %s: %w", ip, err)
 		}
-		listeners = append(listeners, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		listeners = append(listeners, l) // held until the end, so that the ports differ
+		if port := l.Addr().(*net.TCPAddr).Port; !slices.Contains(exclude, port) {
+			ports = append(ports, port)
+		}
 	}
 	return ports, nil
 }

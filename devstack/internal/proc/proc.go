@@ -19,10 +19,11 @@ import (
 
 // Process is one running child process. Its methods are safe for concurrent use.
 type Process struct {
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	waitErr error // set before done is closed
+	cmd       *exec.Cmd
+	logPath   string
+	logOffset int64 // size of the log before this process started
+	done      chan struct{}
+	waitErr   error // set before done is closed
 }
 
 // Start runs binary with args; standard output and standard error are appended to logPath (created
@@ -33,6 +34,7 @@ func Start(binary string, args []string, logPath string, env []string) (*Process
 		return nil, fmt.Errorf("open log file: %w", err)
 	}
 	defer logFile.Close() // the child keeps its own descriptor
+	offset := Size(logPath)
 
 	cmd := exec.Command(binary, args...)
 	cmd.Stdout = logFile
@@ -42,7 +44,7 @@ func Start(binary string, args []string, logPath string, env []string) (*Process
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", binary, err)
 	}
-	p := &Process{cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	p := &Process{cmd: cmd, logPath: logPath, logOffset: offset, done: make(chan struct{})}
 	go func() {
 		p.waitErr = cmd.Wait()
 		close(p.done)
@@ -101,16 +103,35 @@ func (p *Process) Kill() error {
 	return nil
 }
 
-// LogTail returns the last n lines of the log file, for error messages.
+// LogTail returns the last n lines that this process wrote to its log (earlier runs appended to
+// the same file are left out), for error messages.
 func (p *Process) LogTail(n int) string {
-	return LogTail(p.logPath, n)
+	return LogTailFrom(p.logPath, p.logOffset, n)
+}
+
+// Size returns the size of the file at path, or 0 if it cannot be read.
+func Size(path string) int64 {
+	info, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return info.Size()
 }
 
 // LogTail returns the last n lines of the file at path, or a note saying why it cannot.
 func LogTail(path string, n int) string {
+	return LogTailFrom(path, 0, n)
+}
+
+// LogTailFrom returns the last n lines of the file at path from byte offset on, or a note saying
+// why it cannot.
+func LogTailFrom(path string, offset int64, n int) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(cannot read %s: %v)", path, err)
+	}
+	if offset > 0 && offset <= int64(len(data)) {
+		data = data[offset:]
 	}
 	lines := bytes.Split(bytes.TrimRight(data, "\n"), []byte("\n"))
 	if len(lines) > n {
@@ -119,16 +140,35 @@ func LogTail(path string, n int) string {
 	return string(bytes.Join(lines, []byte("\n")))
 }
 
+// AddrInUse reports whether a server's output says that it could not bind a port, the one
+// failure that picking other ports and starting again cures.
+func AddrInUse(output string) bool {
+	return strings.Contains(strings.ToLower(output), "address already in use")
+}
+
 // FreePort returns a TCP port that is free on host right now: it listens on port 0 and closes
-// the listener. Another process may take the port before the caller binds it; on loopback in a
-// test run that is rare enough.
+// the listener. Another process may take the port before the caller binds it (a listener, or an
+// outgoing connection's ephemeral port), so callers retry a start that fails with AddrInUse.
 func FreePort(host string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	ports, err := FreePorts(host, 1)
 	if err != nil {
-		return 0, fmt.Errorf("pick a free port on %s: %w", host, err)
+		return 0, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports[0], nil
+}
+
+// FreePorts returns n distinct ports that are free on host right now, with FreePort's caveat.
+func FreePorts(host string, n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return nil, fmt.Errorf("pick a free port on %s: %w", host, err)
+		}
+		defer l.Close() // held until all are picked, so that they differ
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
 }
 
 // RepoRoot returns the closest directory at or above the working directory that holds go.work
