@@ -40,7 +40,7 @@ const BinaryEnv = "SLUICE_TEMPORAL_DEV"
 const readinessTaskQueue = "devstack-readiness"
 
 // BuildHint tells a developer how to get the binary.
-const BuildHint = "run `make tools` at the repository root (or: cd tools/temporal-dev && go build -o ../../bin/temporal-dev .)"
+const BuildHint = "run `make tools` at the repository root (or: cd tools/temporal-dev && GOWORK=off go build -o ../../bin/temporal-dev .)"
 
 // Options configure a dev server. Zero fields take the documented defaults.
 type Options struct {
