@@ -29,6 +29,7 @@ build:
 	go build -trimpath -o bin/sluice-worker ./workflows/cmd/sluice-worker
 	go build -trimpath -o bin/sluice-agent ./agent/cmd/sluice-agent
 	go build -trimpath -o bin/sluice-demoapp ./services/cmd/sluice-demoapp
+	go build -trimpath -o bin/sluice-analysis-worker ./analysis-worker/cmd/sluice-analysis-worker
 	go build -trimpath -o bin/sluice-dev ./devstack/cmd/sluice-dev
 
 generate: bootstrap

@@ -55,6 +55,6 @@ install_tool protoc-gen-connect-go connectrpc.com/connect/cmd/protoc-gen-connect
 stamp=$(cat tools/temporal-dev/go.sum tools/temporal-dev/*.go | sha256sum | cut -c1-16)
 if [ ! -x bin/temporal-dev ] || [ "$(cat bin/.temporal-dev.stamp 2>/dev/null)" != "$stamp" ]; then
 	say "building the Temporal dev server (about 5 minutes the first time)"
-	(cd tools/temporal-dev && go build -trimpath -o "$ROOT/bin/temporal-dev" .)
+	(cd tools/temporal-dev && GOWORK=off go build -trimpath -o "$ROOT/bin/temporal-dev" .)
 	echo "$stamp" >bin/.temporal-dev.stamp
 fi

@@ -39,6 +39,14 @@ import (
 const (
 	StableRevision    = "demo@sha256:4313a3038b3ca9e8f9935acfc565569b3820085aa8febeb3ffe42d17b56dadb3"
 	CandidateRevision = "demo@sha256:c94bc821bce8fcaebe2103d23d1c2240fd4e2eaec188b044383a87b9981c3a7e"
+	// FaultyRevision answers 25 % of requests with 500 and adds 40 ms.
+	FaultyRevision = "demo@sha256:ba642de3668c0115faa18468fd3d90af82f61bcb944fd06d67c072def536f68c"
+)
+
+// Faults of FaultyRevision.
+const (
+	FaultyErrorRate = 0.25
+	FaultyLatency   = 40 * time.Millisecond
 )
 
 // Config says what to start. Zero ports are chosen free.
@@ -52,6 +60,9 @@ type Config struct {
 	Agents int
 	// ClickHouse starts ClickHouse too.
 	ClickHouse bool
+	// Analysis starts ClickHouse and the analysis worker, and gives the
+	// API the ClickHouse address.
+	Analysis bool
 	// Fixed ports for the local runner; zero picks free ports.
 	NATSPort, TemporalPort, APIPort, FirstAgentPort int
 	// Log receives progress lines; nil discards them.
@@ -88,6 +99,8 @@ type Stack struct {
 	mu     sync.Mutex
 	api    *proc.Process
 	worker *proc.Process
+	anw    *proc.Process
+	anport int
 	apps   []*proc.Process
 	wport  int
 	aport  int
@@ -112,7 +125,14 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		}
 		cfg.BinDir = filepath.Join(root, "bin")
 	}
-	for _, b := range []string{"sluice-api", "sluice-worker", "sluice-agent", "sluice-demoapp"} {
+	if cfg.Analysis {
+		cfg.ClickHouse = true
+	}
+	need := []string{"sluice-api", "sluice-worker", "sluice-agent", "sluice-demoapp"}
+	if cfg.Analysis {
+		need = append(need, "sluice-analysis-worker")
+	}
+	for _, b := range need {
 		if err := proc.Executable(filepath.Join(cfg.BinDir, b)); err != nil {
 			return nil, fmt.Errorf("%w (run `make build`)", err)
 		}
@@ -163,13 +183,17 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		logf("clickhouse  %s (native protocol)", s.ClickHouse.Addr())
 	}
 
-	for i, rev := range []string{StableRevision, CandidateRevision} {
+	for i, rev := range []string{StableRevision, CandidateRevision, FaultyRevision} {
 		port, err := proc.FreePort("127.0.0.1")
 		if err != nil {
 			return nil, err
 		}
 		addr := "127.0.0.1:" + strconv.Itoa(port)
-		p, err := proc.Start(filepath.Join(cfg.BinDir, "sluice-demoapp"), []string{"--listen", addr, "--revision", rev},
+		args := []string{"--listen", addr, "--revision", rev}
+		if rev == FaultyRevision {
+			args = append(args, "--error-rate", strconv.FormatFloat(FaultyErrorRate, 'f', -1, 64), "--latency", FaultyLatency.String())
+		}
+		p, err := proc.Start(filepath.Join(cfg.BinDir, "sluice-demoapp"), args,
 			filepath.Join(cfg.Dir, "logs", fmt.Sprintf("demoapp-v%d.log", i+1)), nil)
 		if err != nil {
 			return nil, fmt.Errorf("start demo app: %w", err)
@@ -201,6 +225,16 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, err
 	}
 	logf("worker      metrics http://127.0.0.1:%d/metrics", s.wport)
+
+	if cfg.Analysis {
+		if s.anport, err = proc.FreePort("127.0.0.1"); err != nil {
+			return nil, err
+		}
+		if err := s.StartAnalysisWorker(ctx); err != nil {
+			return nil, err
+		}
+		logf("analysis    metrics http://127.0.0.1:%d/metrics (ingest + judge)", s.anport)
+	}
 
 	s.aport = cfg.APIPort
 	if s.aport == 0 {
@@ -268,6 +302,7 @@ func (s *Stack) newAgent(i int) (*Agent, error) {
 			"revisions": map[string][]string{
 				StableRevision:    {s.Apps[StableRevision]},
 				CandidateRevision: {s.Apps[CandidateRevision]},
+				FaultyRevision:    {s.Apps[FaultyRevision]},
 			},
 		}},
 	}
@@ -331,12 +366,43 @@ func (s *Stack) KillWorker() error {
 	return p.Kill()
 }
 
+// StartAnalysisWorker starts the analysis worker (ingest and judge).
+func (s *Stack) StartAnalysisWorker(ctx context.Context) error {
+	p, err := proc.Start(filepath.Join(s.cfg.BinDir, "sluice-analysis-worker"), []string{
+		"--temporal", s.Temporal.HostPort(), "--nats", s.NATS.ClientURL(), "--clickhouse", s.ClickHouse.Addr(),
+		"--http", "127.0.0.1:" + strconv.Itoa(s.anport),
+	}, filepath.Join(s.cfg.Dir, "logs", "analysis-worker.log"), nil)
+	if err != nil {
+		return fmt.Errorf("start analysis worker: %w", err)
+	}
+	s.mu.Lock()
+	s.anw = p
+	s.mu.Unlock()
+	if err := waitHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/readyz", s.anport), 30*time.Second); err != nil {
+		return fmt.Errorf("analysis worker: %w\n%s", err, proc.Indent(p.LogTail(20)))
+	}
+	return nil
+}
+
+// KillAnalysisWorker kills the analysis worker with SIGKILL.
+func (s *Stack) KillAnalysisWorker() error {
+	s.mu.Lock()
+	p := s.anw
+	s.mu.Unlock()
+	if p == nil {
+		return errors.New("no analysis worker running")
+	}
+	return p.Kill()
+}
+
 // StartAPI starts the API process.
 func (s *Stack) StartAPI(ctx context.Context) error {
 	addr := "127.0.0.1:" + strconv.Itoa(s.aport)
-	p, err := proc.Start(filepath.Join(s.cfg.BinDir, "sluice-api"), []string{
-		"--listen", addr, "--temporal", s.Temporal.HostPort(), "--nats", s.NATS.ClientURL(),
-	}, filepath.Join(s.cfg.Dir, "logs", "api.log"), nil)
+	args := []string{"--listen", addr, "--temporal", s.Temporal.HostPort(), "--nats", s.NATS.ClientURL()}
+	if s.cfg.Analysis {
+		args = append(args, "--clickhouse", s.ClickHouse.Addr())
+	}
+	p, err := proc.Start(filepath.Join(s.cfg.BinDir, "sluice-api"), args, filepath.Join(s.cfg.Dir, "logs", "api.log"), nil)
 	if err != nil {
 		return fmt.Errorf("start api: %w", err)
 	}
@@ -402,6 +468,9 @@ func (s *Stack) Stop() {
 	}
 	if s.worker != nil {
 		_ = s.worker.Stop(5 * time.Second)
+	}
+	if s.anw != nil {
+		_ = s.anw.Stop(5 * time.Second)
 	}
 	for _, a := range s.Agents {
 		if a.proc != nil {

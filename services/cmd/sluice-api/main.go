@@ -21,6 +21,7 @@ import (
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
 
+	"github.com/sluicehq/sluice/analysis-worker/chstore"
 	"github.com/sluicehq/sluice/services/api"
 	"github.com/sluicehq/sluice/workflows/ops"
 	"github.com/sluicehq/sluice/workflows/store"
@@ -38,6 +39,7 @@ func run() error {
 	temporalAddr := flag.String("temporal", "127.0.0.1:7233", "Temporal frontend host:port")
 	namespace := flag.String("namespace", "default", "Temporal namespace")
 	natsURL := flag.String("nats", nats.DefaultURL, "NATS server URL")
+	chAddr := flag.String("clickhouse", "", "ClickHouse native host:port for analysis measurements (empty: runs are listed without measurements)")
 	level := flag.String("log-level", "info", "log level")
 	flag.Parse()
 
@@ -77,21 +79,30 @@ func run() error {
 
 	mux := http.NewServeMux()
 	rh := &api.RolloutHandler{Records: st, Workflows: &api.TemporalWorkflows{Client: tc}, Log: log}
+	checks := map[string]ops.Check{}
+	if *chAddr != "" {
+		ch, err := chstore.Open(ctx, chstore.Options{Addr: *chAddr})
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		rh.Measurements = ch
+		checks["clickhouse"] = ch.Ping
+	}
 	if err := api.Mount(mux, rh, &api.FleetHandler{Agents: st}); err != nil {
 		return err
 	}
-	ops.Mount(mux, ops.Registry(), map[string]ops.Check{
-		"nats": func(context.Context) error {
-			if !nc.IsConnected() {
-				return errors.New("not connected")
-			}
-			return nil
-		},
-		"temporal": func(ctx context.Context) error {
-			_, err := tc.CheckHealth(ctx, &client.CheckHealthRequest{})
-			return err
-		},
-	})
+	checks["nats"] = func(context.Context) error {
+		if !nc.IsConnected() {
+			return errors.New("not connected")
+		}
+		return nil
+	}
+	checks["temporal"] = func(ctx context.Context) error {
+		_, err := tc.CheckHealth(ctx, &client.CheckHealthRequest{})
+		return err
+	}
+	ops.Mount(mux, ops.Registry(), checks)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *listen, err)
