@@ -101,11 +101,13 @@ func run() error {
 
 	reg := ops.Registry()
 	engine := &evaluate.Engine{
-		Store:     ch,
-		Verdicts:  &verdict.Temporal{Client: tc},
-		Providers: func(p corerollout.MetricProvider) (provider.Provider, error) { return provider.New(p, provider.Deps{ClickHouse: ch}) },
-		Grace:     *grace,
-		Log:       log,
+		Store:    ch,
+		Verdicts: &verdict.Temporal{Client: tc},
+		Providers: func(p corerollout.MetricProvider) (provider.Provider, error) {
+			return provider.New(p, provider.Deps{ClickHouse: ch})
+		},
+		Grace: *grace,
+		Log:   log,
 	}
 	ing, err := ingest.New(ctx, js, ch, ingest.Config{Registerer: reg, Logger: log})
 	if err != nil {
