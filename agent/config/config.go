@@ -1,11 +1,12 @@
 // Package config loads and validates the edge agent's YAML configuration.
 //
 // A configuration names the agent, the NATS server it takes desired routing
-// from, the directory it persists applied state to, the admin address, and
-// for every service it fronts: the listen address, the revision served
-// before any desired state arrives, and the upstream addresses of every
-// revision it can route to. Unknown fields are errors, so a typo never
-// silently drops a setting.
+// from, the directory it persists applied state to, the admin address, how
+// many seconds of metrics it keeps while NATS is away, and for every
+// service it fronts: the listen address, the revision served before any
+// desired state arrives, the upstream addresses of every revision it can
+// route to, and which upstream statuses count as errors in its metrics.
+// Unknown fields are errors, so a typo never silently drops a setting.
 package config
 
 import (
@@ -20,6 +21,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/sluicehq/sluice/agent/meter"
 	"github.com/sluicehq/sluice/core/bus"
 	"github.com/sluicehq/sluice/core/revision"
 	"github.com/sluicehq/sluice/core/rollout"
@@ -38,8 +40,21 @@ type Config struct {
 	// Admin is the host:port of /metrics, /healthz, /readyz and /state;
 	// empty disables the admin server.
 	Admin string `yaml:"admin"`
+	// Metrics tunes the per-second metrics the agent publishes.
+	Metrics Metrics `yaml:"metrics"`
 	// Services are the services this agent fronts.
 	Services []Service `yaml:"services"`
+}
+
+// DefaultMetricsQueueSeconds is Metrics.QueueSeconds when unset.
+const DefaultMetricsQueueSeconds = 600
+
+// Metrics tunes the per-second metrics.
+type Metrics struct {
+	// QueueSeconds is how many one-second batches are kept while they
+	// cannot be delivered (NATS away); beyond it the oldest are dropped and
+	// counted. 0 means DefaultMetricsQueueSeconds.
+	QueueSeconds int `yaml:"queueSeconds"`
 }
 
 // Service is one proxied service.
@@ -55,6 +70,10 @@ type Service struct {
 	// Revisions maps each immutable revision to its upstream host:port
 	// addresses, used round-robin.
 	Revisions map[string][]string `yaml:"revisions"`
+	// ErrorStatuses are the upstream answers counted as errors in the
+	// metrics: status classes ("5xx") or codes ("429"). Empty means
+	// ["5xx"]. Upstreams that cannot be reached are always errors.
+	ErrorStatuses []string `yaml:"errorStatuses"`
 }
 
 // RevisionNames returns the service's revisions, sorted.
@@ -125,6 +144,9 @@ func (c Config) Validate() error {
 			bad("admin", "%v", err)
 		}
 	}
+	if c.Metrics.QueueSeconds < 0 {
+		bad("metrics.queueSeconds", "must not be negative, got %d", c.Metrics.QueueSeconds)
+	}
 	if len(c.Services) == 0 {
 		bad("services", "at least one service is required")
 	}
@@ -162,6 +184,11 @@ func (c Config) Validate() error {
 				if err := hostPort(a); err != nil {
 					bad(rp+"["+strconv.Itoa(k)+"]", "%v", err)
 				}
+			}
+		}
+		for k, st := range s.ErrorStatuses {
+			if !meter.ValidStatus(st) {
+				bad(p+".errorStatuses["+strconv.Itoa(k)+"]", "%q is neither a status class like \"5xx\" nor a status code 100-599", st)
 			}
 		}
 		switch {

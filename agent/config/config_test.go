@@ -57,6 +57,18 @@ func TestParseGood(t *testing.T) {
 	}
 }
 
+func TestParseMetricsSettings(t *testing.T) {
+	in := strings.Replace(good, "services:\n", "metrics: {queueSeconds: 30}\nservices:\n", 1) +
+		"    errorStatuses: [\"5xx\", \"429\"]\n"
+	cfg, err := Parse([]byte(in))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if cfg.Metrics.QueueSeconds != 30 || !reflect.DeepEqual(cfg.Services[0].ErrorStatuses, []string{"5xx", "429"}) {
+		t.Errorf("metrics %+v, error statuses %q; want queueSeconds 30 and [5xx 429]", cfg.Metrics, cfg.Services[0].ErrorStatuses)
+	}
+}
+
 func TestLoad(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.yaml")
 	if err := os.WriteFile(path, []byte(good), 0o600); err != nil {
@@ -106,6 +118,15 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate listen", func(s string) string {
 			return s + strings.Replace(s[strings.Index(s, "  - name: demo"):], "name: demo", "name: other", 1)
 		}, []string{`services[1].listen: "127.0.0.1:8081" is already used by services[0]`}},
+		{"bad error status", func(s string) string { return s + "    errorStatuses: [\"5xx\", \"oops\", \"600\"]\n" }, []string{
+			`services[0].errorStatuses[1]: "oops" is neither`, `services[0].errorStatuses[2]: "600"`,
+		}},
+		{"negative metrics queue", func(s string) string {
+			return strings.Replace(s, "services:\n", "metrics: {queueSeconds: -1}\nservices:\n", 1)
+		}, []string{"metrics.queueSeconds: must not be negative"}},
+		{"unknown metrics field", func(s string) string {
+			return strings.Replace(s, "services:\n", "metrics: {queue: 10}\nservices:\n", 1)
+		}, []string{"queue", "not found"}},
 		{"several errors at once", func(s string) string {
 			s = strings.Replace(s, "id: agent-1", "id: ''", 1)
 			return strings.Replace(s, "listen: 127.0.0.1:8081", "listen: ''", 1)

@@ -19,6 +19,10 @@
 // Within a revision, requests go round-robin over its upstream addresses.
 // A failed upstream connection answers 502 and is counted per revision.
 // Upgrade requests (websockets) and streamed bodies pass through.
+//
+// With a meter.Collector configured, every completed request is recorded
+// for the per-second metrics under its service, the revision it was routed
+// to and the rollout of the table that routed it: see Config.Meter.
 package proxy
 
 import (
@@ -33,6 +37,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sluicehq/sluice/agent/meter"
 	"github.com/sluicehq/sluice/core/route"
 )
 
@@ -53,6 +58,18 @@ type Config struct {
 	Transport http.RoundTripper
 	// Metrics records requests; nil records nothing.
 	Metrics *Metrics
+	// Meter records every completed request for the per-second metrics
+	// batches; nil records nothing. A request is recorded once, when its
+	// response body has been copied (for an upgrade: when the upstream
+	// accepted it, status 101), with its latency from the moment ServeHTTP
+	// was entered. It is an error when the upstream could not be reached or
+	// failed mid-response (the client gets 502 or a cut response), or when
+	// its status is in ErrorStatuses, except when the client went away
+	// first: then it counts as a request, not an error.
+	Meter *meter.Collector
+	// ErrorStatuses are the upstream statuses counted as errors, as classes
+	// ("5xx") or codes ("429"); empty means meter.DefaultErrorStatuses.
+	ErrorStatuses []string
 	// Logger receives upstream errors; nil discards.
 	Logger *slog.Logger
 }
@@ -64,6 +81,8 @@ type Proxy struct {
 	revs    []string
 	table   atomic.Pointer[table]
 	log     *slog.Logger
+	meter   *meter.Collector
+	errs    meter.StatusSet
 }
 
 // New builds the proxy serving cfg.Initial at 100 %.
@@ -79,11 +98,18 @@ func New(cfg Config) (*Proxy, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &Proxy{service: cfg.Service, pools: map[string]*pool{}, log: log}
+	errs, err := meter.ParseStatuses(cfg.ErrorStatuses)
+	if err != nil {
+		return nil, fmt.Errorf("proxy for %s: error statuses%w", cfg.Service, err)
+	}
+	p := &Proxy{service: cfg.Service, pools: map[string]*pool{}, log: log, meter: cfg.Meter, errs: errs}
 	for rev, addrs := range cfg.Revisions {
 		pl, err := newPool(cfg.Service, rev, addrs, tr, cfg.Metrics, log)
 		if err != nil {
 			return nil, fmt.Errorf("proxy for %s: %w", cfg.Service, err)
+		}
+		if cfg.Meter != nil {
+			pl.shard = cfg.Meter.Shard(cfg.Service, rev)
 		}
 		p.pools[rev] = pl
 		p.revs = append(p.revs, rev)
@@ -139,7 +165,25 @@ func (p *Proxy) Applied() route.Desired { return cloneDesired(p.table.Load().des
 
 // ServeHTTP routes r to one revision and proxies it.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p.table.Load().pick(r).serve(w, r)
+	if p.meter == nil {
+		p.table.Load().pick(r).serve(w, r)
+		return
+	}
+	ex := exchange{ResponseWriter: w, start: p.meter.Now(), errs: &p.errs}
+	t := p.table.Load()
+	pl := t.pick(r)
+	ex.shard, ex.tag = pl.shard, t.tag
+	completed := false
+	defer func() {
+		if !completed {
+			// ReverseProxy aborts the handler (http.ErrAbortHandler) when
+			// copying the body fails: the response is cut short.
+			ex.abort(r)
+		}
+		ex.record()
+	}()
+	pl.serve(&ex, r)
+	completed = true
 }
 
 // pool is one revision's upstreams. Pools live as long as the proxy and are
@@ -149,6 +193,7 @@ type pool struct {
 	targets  []*httputil.ReverseProxy
 	rr       counter
 	m        poolMetrics
+	shard    *meter.Shard // nil without a meter
 }
 
 func newPool(service, rev string, addrs []string, tr http.RoundTripper, m *Metrics, log *slog.Logger) (*pool, error) {
@@ -175,10 +220,17 @@ func newPool(service, rev string, addrs []string, tr http.RoundTripper, m *Metri
 				return nil
 			},
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+				ex, _ := w.(*exchange)
 				if r.Context().Err() != nil {
 					// The client went away; not the upstream's fault.
+					if ex != nil {
+						ex.clientGone = true
+					}
 					w.WriteHeader(http.StatusBadGateway)
 					return
+				}
+				if ex != nil {
+					ex.upstreamFailed = true
 				}
 				pl.m.upstreamError()
 				log.Warn("upstream request failed", "service", service, "revision", rev, "upstream", a, "err", err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/sluicehq/sluice/agent/meter"
 	"github.com/sluicehq/sluice/core/route"
 )
 
@@ -31,6 +32,8 @@ type table struct {
 	schedule [splitPeriod]*pool
 	// next counts un-pinned, non-sticky requests routed with this table.
 	next counter
+	// tag marks the requests this table routed with its rollout id.
+	tag *meter.Rollout
 }
 
 type headerRoute struct {
@@ -56,7 +59,7 @@ func compile(service string, d route.Desired, pools map[string]*pool) (*table, e
 	if len(unknown) > 0 {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownRevision, unknown)
 	}
-	t := &table{desired: cloneDesired(d)}
+	t := &table{desired: cloneDesired(d), tag: meter.NewRollout(d.Rollout)}
 	for i, hr := range d.HeaderRoutes {
 		if err := checkMatch(hr.Match); err != nil {
 			return nil, fmt.Errorf("header route %d (%s): %w", i, hr.Name, err)
