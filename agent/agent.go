@@ -1,8 +1,9 @@
 // Package agent assembles the edge agent: one proxy per configured service
 // (package proxy), the control loop that applies desired routing from NATS
-// (package sync), and the admin server (/metrics, /healthz, /readyz,
-// /state). cmd/sluice-agent is a thin main around it; end-to-end tests run
-// agents in-process with New and Run.
+// (package sync), the per-second metrics of every proxied request (package
+// meter) and their publisher (package publish), and the admin server
+// (/metrics, /healthz, /readyz, /state). cmd/sluice-agent is a thin main
+// around it; end-to-end tests run agents in-process with New and Run.
 package agent
 
 import (
@@ -23,7 +24,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sluicehq/sluice/agent/config"
+	"github.com/sluicehq/sluice/agent/meter"
 	"github.com/sluicehq/sluice/agent/proxy"
+	"github.com/sluicehq/sluice/agent/publish"
 	"github.com/sluicehq/sluice/agent/sync"
 	"github.com/sluicehq/sluice/core/fleet"
 	"github.com/sluicehq/sluice/core/route"
@@ -45,6 +48,9 @@ type Options struct {
 	NATSOptions []nats.Option
 	// HeartbeatInterval; zero means fleet.HeartbeatInterval.
 	HeartbeatInterval time.Duration
+	// MetricsFlushTimeout bounds the delivery of queued metrics batches at
+	// shutdown; zero means publish.DefaultFlushTimeout.
+	MetricsFlushTimeout time.Duration
 }
 
 // Agent is one edge agent. Build it with New and Run it once.
@@ -55,6 +61,8 @@ type Agent struct {
 	grace   time.Duration
 	proxies map[string]*proxy.Proxy
 	loop    *sync.Loop
+	meter   *meter.Collector
+	pub     *publish.Publisher
 
 	ready     chan struct{}
 	readyOK   atomic.Bool
@@ -85,12 +93,38 @@ func New(cfg config.Config, o Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("register control loop metrics: %w", err)
 	}
+	mm, err := publish.NewMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("register metrics publisher metrics: %w", err)
+	}
+	col := meter.New(meter.Options{Agent: cfg.ID})
+	if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "sluice_agent_metrics_late_requests_total",
+		Help: "Requests recorded after their second's metrics batch was cut, so counted in a later second.",
+	}, func() float64 { return float64(col.Late()) })); err != nil {
+		return nil, fmt.Errorf("register late requests metric: %w", err)
+	}
+	pub, err := publish.New(publish.Options{
+		Agent:        cfg.ID,
+		NATSURL:      cfg.NATS,
+		NATSOptions:  o.NATSOptions,
+		Source:       col,
+		QueueLimit:   cfg.Metrics.QueueSeconds,
+		FlushTimeout: o.MetricsFlushTimeout,
+		Logger:       log,
+		Metrics:      mm,
+	})
+	if err != nil {
+		return nil, err
+	}
 	a := &Agent{
 		cfg:     cfg,
 		log:     log,
 		reg:     reg,
 		grace:   o.ShutdownGrace,
 		proxies: map[string]*proxy.Proxy{},
+		meter:   col,
+		pub:     pub,
 		ready:   make(chan struct{}),
 		addrs:   map[string]string{},
 	}
@@ -101,12 +135,14 @@ func New(cfg config.Config, o Options) (*Agent, error) {
 	var services []sync.Service
 	for _, s := range cfg.Services {
 		p, err := proxy.New(proxy.Config{
-			Service:   s.Name,
-			Revisions: s.Revisions,
-			Initial:   s.Initial,
-			Transport: tr,
-			Metrics:   pm,
-			Logger:    log,
+			Service:       s.Name,
+			Revisions:     s.Revisions,
+			Initial:       s.Initial,
+			Transport:     tr,
+			Metrics:       pm,
+			Meter:         col,
+			ErrorStatuses: s.ErrorStatuses,
+			Logger:        log,
 		})
 		if err != nil {
 			return nil, err
@@ -178,9 +214,17 @@ func (a *Agent) Proxy(service string) *proxy.Proxy { return a.proxies[service] }
 // Loop returns the control loop (for Snapshot and Status).
 func (a *Agent) Loop() *sync.Loop { return a.loop }
 
+// Meter returns the collector counting every proxied request.
+func (a *Agent) Meter() *meter.Collector { return a.meter }
+
+// Publisher returns the metrics publisher (for Status).
+func (a *Agent) Publisher() *publish.Publisher { return a.pub }
+
 // Run restores the persisted routing, binds every listener, serves, and
-// runs the control loop until ctx ends. Then it stops the control loop,
-// lets requests in flight finish within the shutdown grace and returns.
+// runs the control loop and the metrics publisher until ctx ends. Then it
+// stops the control loop, lets requests in flight finish within the
+// shutdown grace, lets the publisher cut and flush the last second, and
+// returns.
 // It returns an error when a listener cannot be bound or a server fails.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.loop.Restore(ctx); err != nil {
@@ -221,7 +265,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.readyOK.Store(true)
 	close(a.ready)
 
-	failed := make(chan error, len(servers))
+	failed := make(chan error, len(servers)+1)
 	var wg gosync.WaitGroup
 	for _, s := range servers {
 		wg.Go(func() {
@@ -233,6 +277,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	loopCtx, stopLoop := context.WithCancel(ctx)
 	loopDone := make(chan error, 1)
 	wg.Go(func() { loopDone <- a.loop.Run(loopCtx) })
+	// The publisher outlives the proxies so the last requests are counted.
+	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopPub()
+	pubDone := make(chan struct{})
+	wg.Go(func() {
+		defer close(pubDone)
+		if err := a.pub.Run(pubCtx); err != nil {
+			failed <- err
+		}
+	})
 	a.log.Info("agent running", "id", a.cfg.ID, "services", a.addrs, "admin", a.adminAddr, "nats", a.cfg.NATS)
 
 	var runErr error
@@ -268,6 +322,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	sw.Wait()
+	stopPub()
+	<-pubDone
 	for _, s := range servers {
 		if s.ln == adminLn {
 			_ = s.srv.Shutdown(sctx)
@@ -280,8 +336,23 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // State is the body of /state.
 type State struct {
-	Agent  fleet.Agent `json:"agent"`
-	Status sync.Status `json:"status"`
+	Agent   fleet.Agent  `json:"agent"`
+	Status  sync.Status  `json:"status"`
+	Metrics MetricsState `json:"metrics"`
+}
+
+// MetricsState is the metrics publisher's delivery state plus the
+// collector's late requests.
+type MetricsState struct {
+	publish.Status
+	// LateRequests were recorded after their second was cut and counted in
+	// a later second.
+	LateRequests uint64 `json:"lateRequests"`
+}
+
+// MetricsState returns the metrics part of /state.
+func (a *Agent) MetricsState() MetricsState {
+	return MetricsState{Status: a.pub.Status(), LateRequests: a.meter.Late()}
 }
 
 func (a *Agent) adminHandler() http.Handler {
@@ -301,7 +372,7 @@ func (a *Agent) adminHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(State{Agent: a.loop.Snapshot(), Status: a.loop.Status()})
+		_ = enc.Encode(State{Agent: a.loop.Snapshot(), Status: a.loop.Status(), Metrics: a.MetricsState()})
 	})
 	return mux
 }

@@ -7,7 +7,9 @@ require (
 	github.com/prometheus/client_golang v1.25.0
 	github.com/sluicehq/sluice/core v0.0.0
 	github.com/sluicehq/sluice/devstack v0.0.0
+	github.com/sluicehq/sluice/proto v0.0.0
 	golang.org/x/net v0.62.0
+	google.golang.org/protobuf v1.36.12
 	gopkg.in/yaml.v3 v3.0.1
 )
 
@@ -30,10 +32,10 @@ require (
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
-	google.golang.org/protobuf v1.36.12 // indirect
 )
 
 replace (
 	github.com/sluicehq/sluice/core => ../core
 	github.com/sluicehq/sluice/devstack => ../devstack
+	github.com/sluicehq/sluice/proto => ../proto
 )
