@@ -64,7 +64,7 @@ func run(ctx context.Context, dir string, demo, ci bool, perStep int) error {
 	}
 	fmt.Println("starting the local stack in", abs)
 	t0 := time.Now()
-	s, err := stack.Start(ctx, stack.Config{Dir: abs, ClickHouse: true, Log: os.Stdout, NATSPort: 4222, TemporalPort: 7233, APIPort: 8080})
+	s, err := stack.Start(ctx, stack.Config{Dir: abs, Analysis: true, Log: os.Stdout, NATSPort: 4222, TemporalPort: 7233, APIPort: 8080})
 	if err != nil {
 		return err
 	}
@@ -87,17 +87,52 @@ func run(ctx context.Context, dir string, demo, ci bool, perStep int) error {
 	return nil
 }
 
-func demoSpec(id string, pause time.Duration) *rolloutv1.RolloutSpec {
-	step := func(w int32) *rolloutv1.CanaryStep {
-		return &rolloutv1.CanaryStep{Step: &rolloutv1.CanaryStep_SetWeight{SetWeight: w}}
+// sloTemplate is the demo's analysis: error rate and p99 latency of the
+// candidate, absolute and against the stable revision over the same window.
+// "slo" (3 measurements) gates the analysis steps; "slo-watch" (the same
+// metrics, unbounded) runs in the background from the first weight on.
+func sloTemplate() *rolloutv1.Analysis {
+	metrics := func(count int32) []*rolloutv1.Metric {
+		metric := func(name string, b *rolloutv1.BuiltinMetric, success string) *rolloutv1.Metric {
+			return &rolloutv1.Metric{
+				Name: name, SuccessCondition: success, Window: durationpb.New(5 * time.Second),
+				MinSampleSize: 10, Count: count,
+				Provider: &rolloutv1.MetricProvider{Source: &rolloutv1.MetricProvider_Builtin{Builtin: b}},
+			}
+		}
+		return []*rolloutv1.Metric{
+			metric("error-rate", &rolloutv1.BuiltinMetric{Name: "error-rate"}, "result <= 0.02"),
+			metric("p99", &rolloutv1.BuiltinMetric{Name: "latency-quantile", Quantile: 0.99}, "result < 0.030 || result <= baseline * 1.5"),
+		}
 	}
-	wait := &rolloutv1.CanaryStep{Step: &rolloutv1.CanaryStep_Pause{Pause: &rolloutv1.Pause{Duration: durationpb.New(pause)}}}
+	return &rolloutv1.Analysis{
+		Templates: []*rolloutv1.AnalysisTemplate{
+			{Name: "slo", Metrics: metrics(3)},
+			{Name: "slo-watch", Metrics: metrics(0)},
+		},
+		Background: &rolloutv1.BackgroundAnalysis{Templates: []string{"slo-watch"}, StartingStep: 1},
+	}
+}
+
+func weightStep(w int32) *rolloutv1.CanaryStep {
+	return &rolloutv1.CanaryStep{Step: &rolloutv1.CanaryStep_SetWeight{SetWeight: w}}
+}
+
+func pauseStep(d time.Duration) *rolloutv1.CanaryStep {
+	return &rolloutv1.CanaryStep{Step: &rolloutv1.CanaryStep_Pause{Pause: &rolloutv1.Pause{Duration: durationpb.New(d)}}}
+}
+
+func analysisStep() *rolloutv1.CanaryStep {
+	return &rolloutv1.CanaryStep{Step: &rolloutv1.CanaryStep_Analysis{Analysis: &rolloutv1.AnalysisStep{Templates: []string{"slo"}}}}
+}
+
+// healthySpec walks a healthy candidate through header route, weights with
+// timed pauses (where traffic is measured) and analysis steps; nobody
+// promotes it: the analysis does.
+func healthySpec(id string, pause time.Duration) *rolloutv1.RolloutSpec {
 	return &rolloutv1.RolloutSpec{
-		Id:                id,
-		Service:           "demo",
-		StableRevision:    stack.StableRevision,
-		CandidateRevision: stack.CandidateRevision,
-		CreatedBy:         "sluice-dev demo",
+		Id: id, Service: "demo", StableRevision: stack.StableRevision, CandidateRevision: stack.CandidateRevision,
+		CreatedBy: "sluice-dev demo", Analysis: sloTemplate(),
 		Strategy: &rolloutv1.Strategy{Strategy: &rolloutv1.Strategy_Canary{Canary: &rolloutv1.CanaryStrategy{
 			ProgressDeadline: durationpb.New(15 * time.Second),
 			Steps: []*rolloutv1.CanaryStep{
@@ -105,8 +140,23 @@ func demoSpec(id string, pause time.Duration) *rolloutv1.RolloutSpec {
 					Name: "testers", Match: &rolloutv1.Match{Source: &rolloutv1.Match_Header{Header: "X-Canary"}},
 					Value: &rolloutv1.HeaderRoute_Exact{Exact: "always"},
 				}}},
-				step(10), wait, step(30), wait, step(60), wait,
+				weightStep(10), pauseStep(pause), analysisStep(),
+				weightStep(30), pauseStep(pause), analysisStep(),
+				weightStep(60), pauseStep(pause),
 			},
+		}}},
+	}
+}
+
+// faultySpec rolls the faulty revision out from the healthy one (the stable
+// revision after the first demo rollout); background analysis must abort it.
+func faultySpec(id string) *rolloutv1.RolloutSpec {
+	return &rolloutv1.RolloutSpec{
+		Id: id, Service: "demo", StableRevision: stack.CandidateRevision, CandidateRevision: stack.FaultyRevision,
+		CreatedBy: "sluice-dev demo", Analysis: sloTemplate(),
+		Strategy: &rolloutv1.Strategy{Strategy: &rolloutv1.Strategy_Canary{Canary: &rolloutv1.CanaryStrategy{
+			ProgressDeadline: durationpb.New(15 * time.Second),
+			Steps:            []*rolloutv1.CanaryStep{weightStep(20), pauseStep(30 * time.Second), weightStep(50), analysisStep()},
 		}}},
 	}
 }
@@ -117,28 +167,117 @@ type check struct {
 	ok   bool
 }
 
+type demo struct {
+	s       *stack.Stack
+	ci      bool
+	perStep int
+	urls    []string
+	gen     *traffic.Generator
+	client  *http.Client
+	checks  []check
+}
+
 func runDemo(ctx context.Context, s *stack.Stack, ci bool, perStep int) error {
-	urls := make([]string, len(s.Agents))
-	for i, a := range s.Agents {
-		urls[i] = a.URL()
+	d := &demo{s: s, ci: ci, perStep: perStep, client: traffic.Client()}
+	for _, a := range s.Agents {
+		d.urls = append(d.urls, a.URL())
 	}
-	gen := &traffic.Generator{URLs: urls, RPS: 150}
+	d.gen = &traffic.Generator{URLs: d.urls, RPS: 150}
 	gctx, cancelGen := context.WithCancel(ctx)
 	genDone := make(chan struct{})
-	go func() { defer close(genDone); gen.Run(gctx) }()
+	go func() { defer close(genDone); d.gen.Run(gctx) }()
 	defer func() { cancelGen(); <-genDone }()
+	time.Sleep(2 * time.Second) // a little stable traffic first, as a baseline
 
 	pause := 8 * time.Second
 	if ci {
 		pause = 5 * time.Second
 	}
-	id := fmt.Sprintf("demo-%d", time.Now().Unix())
-	created, err := s.Rollouts().CreateRollout(ctx, connect.NewRequest(&rolloutv1.CreateRolloutRequest{Spec: demoSpec(id, pause)}))
+	ts := time.Now().Unix()
+	fmt.Println("\n1. a healthy candidate, promoted by analysis alone")
+	final, err := d.rollout(ctx, healthySpec(fmt.Sprintf("demo-%d-healthy", ts), pause), stack.CandidateRevision, true)
 	if err != nil {
-		return fmt.Errorf("create demo rollout: %w", err)
+		return err
 	}
-	spec := created.Msg.GetRollout().GetSpec()
-	fmt.Printf("\nrollout %s: %s → %s, %d steps\n", id, short(spec.GetStableRevision()), short(spec.GetCandidateRevision()), len(spec.GetStrategy().GetCanary().GetSteps()))
+	ok := final.GetPhase() == rolloutv1.Phase_PHASE_SUCCEEDED
+	d.add(fmt.Sprintf("healthy rollout ended %s without anyone promoting it: %s", phaseName(final), final.GetMessage()), ok)
+	if ok {
+		d.measure(ctx, 100, stack.CandidateRevision, -1, "")
+	}
+	for _, w := range []int32{10, 30, 60} {
+		if !d.measuredWeight(w) {
+			d.add(fmt.Sprintf("weight %d%% was never observed paused, so it was not measured", w), false)
+		}
+	}
+
+	if ok {
+		fmt.Println("\n2. a faulty candidate (25 % errors, +40 ms), aborted by analysis")
+		id := fmt.Sprintf("demo-%d-faulty", ts)
+		start := time.Now()
+		final, err = d.rollout(ctx, faultySpec(id), stack.FaultyRevision, false)
+		if err != nil {
+			return err
+		}
+		took := time.Since(start)
+		aborted := final.GetPhase() == rolloutv1.Phase_PHASE_ABORTED && final.GetAbortedBy() == "analysis"
+		d.add(fmt.Sprintf("faulty rollout ended %s by %q %s after it started: %s", phaseName(final), final.GetAbortedBy(), took.Round(10*time.Millisecond), final.GetReason()), aborted)
+		d.measure(ctx, 0, stack.FaultyRevision, -1, "after the abort: ")
+	}
+
+	fmt.Println("\nsummary:")
+	failed := 0
+	for _, c := range d.checks {
+		fmt.Printf("  %s %s\n", mark(c.ok), c.what)
+		if !c.ok {
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d demo checks failed", failed, len(d.checks))
+	}
+	fmt.Printf("demo passed: %d checks\n", len(d.checks))
+	return nil
+}
+
+func (d *demo) add(what string, ok bool) { d.checks = append(d.checks, check{what, ok}) }
+
+func (d *demo) measuredWeight(w int32) bool {
+	prefix := fmt.Sprintf("weight %3d%%", w)
+	for _, c := range d.checks {
+		if strings.HasPrefix(c.what, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// measure samples perStep requests per agent and checks that rev's share,
+// counted from the responses, is within 2 points of want.
+func (d *demo) measure(ctx context.Context, want int32, rev string, step int32, label string) {
+	c := traffic.Sample(ctx, d.client, d.urls, d.perStep, 16)
+	got := c.Share(rev)
+	ok := math.Abs(got-float64(want)) <= 2 && c.Failed == 0
+	what := fmt.Sprintf("%sweight %3d%%: %s served %6.2f%% of %d requests counted by the client (%d failed)", label, want, revName(rev), got, c.Total, c.Failed)
+	for _, u := range d.urls {
+		what += fmt.Sprintf(" %s=%.1f%%", strings.TrimPrefix(u, "http://"), c.AgentShare(u, rev))
+	}
+	_ = step
+	d.add(what, ok)
+	if d.ci {
+		fmt.Printf("  traffic %s %s\n", mark(ok), what)
+	}
+}
+
+// rollout creates spec, shows it live until it ends, measures traffic at
+// each timed pause when measureSteps, and returns its final status.
+func (d *demo) rollout(ctx context.Context, sp *rolloutv1.RolloutSpec, cand string, measureSteps bool) (*rolloutv1.RolloutStatus, error) {
+	s := d.s
+	id := sp.GetId()
+	if _, err := s.Rollouts().CreateRollout(ctx, connect.NewRequest(&rolloutv1.CreateRolloutRequest{Spec: sp})); err != nil {
+		return nil, fmt.Errorf("create rollout %s: %w", id, err)
+	}
+	fmt.Printf("rollout %s: %s → %s, %d steps, background analysis from step %d\n", id, short(sp.GetStableRevision()), short(sp.GetCandidateRevision()),
+		len(sp.GetStrategy().GetCanary().GetSteps()), sp.GetAnalysis().GetBackground().GetStartingStep()+1)
 
 	// The live view: the CLI's watch when a terminal is attached.
 	var watch *exec.Cmd
@@ -147,7 +286,7 @@ func runDemo(ctx context.Context, s *stack.Stack, ci bool, perStep int) error {
 		cli = "bin/sluice"
 	}
 	quiet := false
-	if !ci && isTerminal() {
+	if !d.ci && isTerminal() {
 		if _, err := os.Stat(cli); err == nil {
 			watch = exec.CommandContext(ctx, cli, "--api", s.APIURL, "rollout", "watch", id)
 			watch.Stdout, watch.Stderr = os.Stdout, os.Stderr
@@ -163,85 +302,55 @@ func runDemo(ctx context.Context, s *stack.Stack, ci bool, perStep int) error {
 			fmt.Printf(format+"\n", args...)
 		}
 	}
-
-	var checks []check
-	measured := map[int32]bool{}
-	client := traffic.Client()
-	measure := func(want int32, stepIndex int32) {
-		before := stepIndex
-		c := traffic.Sample(ctx, client, urls, perStep, 16)
-		got := c.Share(stack.CandidateRevision)
-		after, err := s.Rollouts().GetRollout(ctx, connect.NewRequest(&rolloutv1.GetRolloutRequest{Id: id}))
-		moved := err != nil || after.Msg.GetRollout().GetStatus().GetStepIndex() != before && want != 100
-		ok := math.Abs(got-float64(want)) <= 2 && c.Failed == 0 && !moved
-		what := fmt.Sprintf("weight %3d%%: candidate served %6.2f%% of %d requests counted by the client (%d failed)", want, got, c.Total, c.Failed)
-		if moved {
-			what += " — the step ended during the sample"
-		}
-		for _, u := range urls {
-			what += fmt.Sprintf(" %s=%.1f%%", strings.TrimPrefix(u, "http://"), c.AgentShare(u, stack.CandidateRevision))
-		}
-		checks = append(checks, check{what, ok})
-		say("  traffic %s %s", mark(ok), what)
-	}
-
 	stream, err := s.Rollouts().WatchRollout(ctx, connect.NewRequest(&rolloutv1.WatchRolloutRequest{Id: id}))
 	if err != nil {
-		return fmt.Errorf("watch rollout: %w", err)
+		return nil, fmt.Errorf("watch rollout: %w", err)
 	}
 	var final *rolloutv1.RolloutStatus
 	lastMsg := ""
+	runsSeen := map[string]rolloutv1.RunPhase{}
+	headerChecked := false
 	for stream.Receive() {
 		st := stream.Msg().GetRollout().GetStatus()
 		final = st
 		if st.GetMessage() != lastMsg {
 			lastMsg = st.GetMessage()
-			byRev, failed := gen.Last(2)
-			say("%s  %-11s %3d%%  %s  | traffic %s failed %d", time.Now().Format("15:04:05.000"), strings.TrimPrefix(st.GetPhase().String(), "PHASE_"), st.GetCandidateWeight(), st.GetMessage(), traffic.Format(byRev, revName), failed)
+			byRev, failed := d.gen.Last(2)
+			say("%s  %-11s %3d%%  %s  | traffic %s failed %d", time.Now().Format("15:04:05.000"), phaseName(st), st.GetCandidateWeight(), st.GetMessage(), traffic.Format(byRev, revName), failed)
 		}
-		// Verify at each timed pause, when the weight is applied and holds.
-		if st.GetPhase() == rolloutv1.Phase_PHASE_PAUSED && st.GetPauseUntil() != nil && !measured[st.GetCandidateWeight()] {
-			measured[st.GetCandidateWeight()] = true
-			measure(st.GetCandidateWeight(), st.GetStepIndex())
-			if !measured[-1] { // the header route is in place from the first step on
-				measured[-1] = true
-				checks = append(checks, headerRouteCheck(ctx, client, urls, say))
+		for _, r := range st.GetAnalysisRuns() {
+			if runsSeen[r.GetId()] != r.GetPhase() {
+				runsSeen[r.GetId()] = r.GetPhase()
+				say("               analysis %s %s %s", r.GetId(), strings.TrimPrefix(r.GetPhase().String(), "RUN_PHASE_"), r.GetMessage())
+			}
+		}
+		if measureSteps && st.GetPhase() == rolloutv1.Phase_PHASE_PAUSED && st.GetPauseUntil() != nil && !d.measuredWeight(st.GetCandidateWeight()) {
+			before := len(d.checks)
+			d.measure(ctx, st.GetCandidateWeight(), cand, st.GetStepIndex(), "")
+			if after, err := s.Rollouts().GetRollout(ctx, connect.NewRequest(&rolloutv1.GetRolloutRequest{Id: id})); err != nil || after.Msg.GetRollout().GetStatus().GetStepIndex() != st.GetStepIndex() {
+				d.checks[before].ok = false
+				d.checks[before].what += " — the step ended during the sample"
+			}
+			if !headerChecked {
+				headerChecked = true
+				d.checks = append(d.checks, headerRouteCheck(ctx, d.client, d.urls, say))
 			}
 		}
 	}
 	if err := stream.Err(); err != nil && ctx.Err() == nil {
-		return fmt.Errorf("watch rollout: %w", err)
+		return nil, fmt.Errorf("watch rollout: %w", err)
 	}
 	if watch != nil {
 		_ = watch.Wait()
-		quiet = false
 	}
 	if final == nil {
-		return errors.New("the watch ended before any state arrived")
+		return nil, errors.New("the watch ended before any state arrived")
 	}
-	succeeded := final.GetPhase() == rolloutv1.Phase_PHASE_SUCCEEDED
-	checks = append(checks, check{fmt.Sprintf("rollout ended %s: %s", strings.TrimPrefix(final.GetPhase().String(), "PHASE_"), final.GetMessage()), succeeded})
-	if succeeded {
-		measure(100, final.GetStepIndex())
-	}
-	for _, w := range []int32{10, 30, 60} {
-		if !measured[w] {
-			checks = append(checks, check{fmt.Sprintf("weight %d%% was never observed paused, so it was not measured", w), false})
-		}
-	}
-	fmt.Println("\nsummary:")
-	failed := 0
-	for _, c := range checks {
-		fmt.Printf("  %s %s\n", mark(c.ok), c.what)
-		if !c.ok {
-			failed++
-		}
-	}
-	if failed > 0 {
-		return fmt.Errorf("%d of %d demo checks failed", failed, len(checks))
-	}
-	fmt.Printf("demo passed: %d checks\n", len(checks))
-	return nil
+	return final, nil
+}
+
+func phaseName(st *rolloutv1.RolloutStatus) string {
+	return strings.TrimPrefix(st.GetPhase().String(), "PHASE_")
 }
 
 func headerRouteCheck(ctx context.Context, c *http.Client, urls []string, say func(string, ...any)) check {
@@ -272,9 +381,11 @@ func mark(ok bool) string {
 func revName(r string) string {
 	switch r {
 	case stack.StableRevision:
-		return "stable"
+		return "v1"
 	case stack.CandidateRevision:
-		return "candidate"
+		return "v2"
+	case stack.FaultyRevision:
+		return "v3-faulty"
 	}
 	return short(r)
 }
