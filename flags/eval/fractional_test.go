@@ -199,3 +199,45 @@ func TestFractionalTimeBasedWeights(t *testing.T) {
 		})
 	}
 }
+
+// TestFractionalFlagdVectors checks assignments that flagd's own evaluator
+// tests expect (open-feature/flagd, core/pkg/evaluator/fractional_test.go),
+// for the default bucketing value and for "cat" bucketing values, besides
+// those of the testbed.
+func TestFractionalFlagdVectors(t *testing.T) {
+	colors := `{"red": "#FF0000", "blue": "#0000FF", "green": "#00FF00", "yellow": "#FFFF00"}`
+	quarters := `["red", 25], ["blue", 25], ["green", 25], ["yellow", 25]`
+	ev := mustEvaluator(t, fmt.Sprintf(`{"flags": {
+	  "headerColor": {"state": "ENABLED", "variants": %[1]s, "defaultVariant": "red",
+	    "targeting": {"fractional": [{"cat": [{"var": "$flagd.flagKey"}, {"var": "email"}]}, %[2]s]}},
+	  "customSeededHeaderColor": {"state": "ENABLED", "variants": %[1]s, "defaultVariant": "red",
+	    "targeting": {"fractional": [{"cat": ["my-seed", {"var": "email"}]}, %[2]s]}}
+	}}`, colors, quarters))
+	// flagd's "default to targetingKey" case evaluates the flag "headerColor".
+	evHalves := mustEvaluator(t, fmt.Sprintf(`{"flags": {"headerColor": {"state": "ENABLED", "variants": %s,
+	    "defaultVariant": "red", "targeting": {"fractional": [["blue", 50], ["green", 50]]}}}}`, colors))
+	tests := []struct {
+		ev   *Evaluator
+		flag string
+		ctx  Context
+		want string
+	}{
+		{ev, "headerColor", Context{Attributes: map[string]any{"email": "rachel@faas.com"}}, "blue"},
+		{ev, "headerColor", Context{Attributes: map[string]any{"email": "monica@faas.com"}}, "yellow"},
+		{ev, "headerColor", Context{Attributes: map[string]any{"email": "joey@faas.com"}}, "red"},
+		{ev, "headerColor", Context{Attributes: map[string]any{"email": "ross@faas.com"}}, "blue"},
+		{ev, "customSeededHeaderColor", Context{Attributes: map[string]any{"email": "rachel@faas.com"}}, "green"},
+		{ev, "customSeededHeaderColor", Context{Attributes: map[string]any{"email": "monica@faas.com"}}, "red"},
+		{ev, "customSeededHeaderColor", Context{Attributes: map[string]any{"email": "joey@faas.com"}}, "blue"},
+		{ev, "customSeededHeaderColor", Context{Attributes: map[string]any{"email": "ross@faas.com"}}, "green"},
+		{evHalves, "headerColor", Context{TargetingKey: "foo@foo.com"}, "green"},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s/%v%s", tt.flag, tt.ctx.Attributes["email"], tt.ctx.TargetingKey), func(t *testing.T) {
+			r := tt.ev.String(tt.flag, "", tt.ctx, time.Time{})
+			if r.Variant != tt.want || r.Reason != ReasonTargetingMatch {
+				t.Errorf("%s with %+v: %+v, want variant %q (TARGETING_MATCH)", tt.flag, tt.ctx, r, tt.want)
+			}
+		})
+	}
+}
