@@ -336,3 +336,49 @@ func BenchmarkServeHTTP(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkServeHTTPPaired alternates blocks of requests through an
+// unmetered and a metered proxy so that both see the same machine load,
+// and reports the median time per request of each one's blocks (medians
+// shrug off blocks hit by GC or preemption) and their difference.
+func BenchmarkServeHTTPPaired(b *testing.B) {
+	revs := map[string][]string{stable: {"127.0.0.1:1"}, candidate: {"127.0.0.1:2"}}
+	var proxies [2]*Proxy
+	for i := range proxies {
+		cfg := Config{Service: "demo", Revisions: revs, Initial: stable, Transport: cannedTransport{}}
+		if i == 1 {
+			cfg.Meter = meter.New(meter.Options{Agent: "a"})
+		}
+		p, err := New(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		mustApply(b, p, split(20))
+		proxies[i] = p
+	}
+	const block = 32
+	var perReq [2][]float64
+	b.ResetTimer()
+	for i := 0; i < b.N; i += block {
+		k := (i / block) % 2
+		m := min(block, b.N-i)
+		start := time.Now()
+		for range m {
+			req := httptest.NewRequest(http.MethodGet, "http://demo/", nil)
+			w := httptest.NewRecorder()
+			proxies[k].ServeHTTP(w, req)
+		}
+		perReq[k] = append(perReq[k], float64(time.Since(start).Nanoseconds())/float64(m))
+	}
+	if len(perReq[0]) > 0 && len(perReq[1]) > 0 {
+		off, on := median(perReq[0]), median(perReq[1])
+		b.ReportMetric(off, "ns/req-off")
+		b.ReportMetric(on, "ns/req-on")
+		b.ReportMetric(on-off, "ns/req-meter")
+	}
+}
+
+func median(v []float64) float64 {
+	slices.Sort(v)
+	return v[len(v)/2]
+}
