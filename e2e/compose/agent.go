@@ -28,7 +28,8 @@ func (c *checker) agentConfig(svc types.ServiceConfig, args []string) (config.Co
 
 // checkAgent checks an agent service's configuration file: it loads with
 // agent/config, is mounted read-only, keeps its state on a volume, names
-// services of the project on ports they listen on, and routes each revision
+// services of the project that the agent depends on, on ports they listen
+// on, and routes each revision
 // to the services that really are that revision (their --revision flag).
 func (c *checker) checkAgent(where string, svc types.ServiceConfig, args []string) {
 	cfg, mount, err := c.agentConfig(svc, args)
@@ -51,17 +52,17 @@ func (c *checker) checkAgent(where string, svc types.ServiceConfig, args []strin
 		c.add(file, "stateDir %s is not on a named volume of service %q: applied routing is lost when the container is re-created", cfg.StateDir, svc.Name)
 	}
 	for _, u := range strings.Split(cfg.NATS, ",") {
-		c.checkAddress(file, "nats", strings.TrimSpace(u))
+		c.checkAddress(file, svc, "nats", strings.TrimSpace(u))
 	}
 	if cfg.Admin != "" {
-		c.checkAddress(file, "admin", cfg.Admin)
+		c.checkAddress(file, svc, "admin", cfg.Admin)
 	}
 	for i, s := range cfg.Services {
-		c.checkAddress(file, fmt.Sprintf("services[%d].listen", i), s.Listen)
+		c.checkAddress(file, svc, fmt.Sprintf("services[%d].listen", i), s.Listen)
 		for _, rev := range s.RevisionNames() {
 			for k, addr := range s.Revisions[rev] {
 				what := fmt.Sprintf("services[%d].revisions[%q][%d]", i, rev, k)
-				c.checkAddress(file, what, addr)
+				c.checkAddress(file, svc, what, addr)
 				host, _, ok := splitAddress(addr)
 				target, isService := c.project.Services[host]
 				if !ok || !isService {

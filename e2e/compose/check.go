@@ -16,8 +16,10 @@
 //     flags each service passes are checked against the built binary's own
 //     flag list;
 //   - addresses in commands and agent configs name services of the project
-//     and ports they listen on; nothing in a container dials or listens on
-//     loopback; published ports reach a listener and do not collide;
+//     and ports they listen on, and a service depends on every service it
+//     dials (so `docker compose up <service>` starts them); nothing in a
+//     container dials or listens on loopback; published ports reach a
+//     listener and do not collide;
 //   - agent configurations mounted into agent containers exist and load with
 //     agent/config, and route to the revisions the demo services really are.
 //
@@ -183,7 +185,7 @@ func (c *checker) run(ctx context.Context) {
 			hostPorts[key] = name
 		}
 		args := c.args(svc, img)
-		c.checkAddresses(where, args)
+		c.checkAddresses(where, svc, args)
 		if img != nil {
 			c.checkFlags(where, svc, img, args)
 			c.checkPublished(where, svc, img)
@@ -282,21 +284,23 @@ func (c *checker) checkDependsOn(where string, svc types.ServiceConfig) {
 	}
 }
 
-// checkAddresses looks at every argument that is an address (host:port or
-// a URL with a host): a named host must be a service of the project, and no
-// address may be loopback, which in a container is neither reachable from
-// the host and the other containers (a listener) nor another service (a
-// dialled address).
-func (c *checker) checkAddresses(where string, args []string) {
+// checkAddresses looks at every argument of svc that is an address
+// (host:port or a URL with a host): a named host must be a service of the
+// project that svc depends on, and no address may be loopback, which in a
+// container is neither reachable from the host and the other containers (a
+// listener) nor another service (a dialled address).
+func (c *checker) checkAddresses(where string, svc types.ServiceConfig, args []string) {
 	for _, a := range args {
 		if _, v, ok := strings.Cut(a, "="); ok && strings.HasPrefix(a, "-") {
 			a = v
 		}
-		c.checkAddress(where, "argument", a)
+		c.checkAddress(where, svc, "argument", a)
 	}
 }
 
-func (c *checker) checkAddress(where, what, value string) {
+// checkAddress checks one address that service from listens on or dials
+// (see checkAddresses); what names it in a finding.
+func (c *checker) checkAddress(where string, from types.ServiceConfig, what, value string) {
 	host, port, ok := splitAddress(value)
 	if !ok {
 		return
@@ -310,6 +314,9 @@ func (c *checker) checkAddress(where, what, value string) {
 		if !ok {
 			c.add(where, "%s %q names host %q, which is not a service of this project", what, value, host)
 			return
+		}
+		if _, dep := from.DependsOn[host]; !dep && host != from.Name {
+			c.add(where, "%s %q: service %q dials %q but does not depend on it, so `docker compose up %s` does not start it", what, value, from.Name, host, from.Name)
 		}
 		img := c.built[host]
 		if port == "" || img == nil {
