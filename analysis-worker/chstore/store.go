@@ -182,6 +182,53 @@ func (s *Store) Window(ctx context.Context, service string, variants []string, s
 	return out, hrows.Err()
 }
 
+// PerSecond returns, for every second start ≤ ts < end that has rows, the
+// per-variant sums of that second (the statistical judge's input).
+func (s *Store) PerSecond(ctx context.Context, service string, variants []string, start, end time.Time) (map[int64]map[string]VariantWindow, error) {
+	out := map[int64]map[string]VariantWindow{}
+	rows, err := s.conn.Query(ctx, perSecondCountsSQL, service, variants, start.UTC(), end.UTC())
+	if err != nil {
+		return nil, fmt.Errorf("query per-second counts: %w", err)
+	}
+	for rows.Next() {
+		var ts time.Time
+		var v string
+		var w VariantWindow
+		if err := rows.Scan(&ts, &v, &w.Requests, &w.Errors); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("scan per-second counts: %w", err)
+		}
+		w.Latency = metrics.Histogram{}
+		sec := ts.Unix()
+		if out[sec] == nil {
+			out[sec] = map[string]VariantWindow{}
+		}
+		out[sec][v] = w
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("query per-second counts: %w", err)
+	}
+	hrows, err := s.conn.Query(ctx, perSecondLatencySQL, service, variants, start.UTC(), end.UTC())
+	if err != nil {
+		return nil, fmt.Errorf("query per-second latency: %w", err)
+	}
+	defer hrows.Close()
+	for hrows.Next() {
+		var ts time.Time
+		var v string
+		var i uint16
+		var c uint64
+		if err := hrows.Scan(&ts, &v, &i, &c); err != nil {
+			return nil, fmt.Errorf("scan per-second latency: %w", err)
+		}
+		if w, ok := out[ts.Unix()][v]; ok {
+			w.Latency[int(i)] += c
+		}
+	}
+	return out, hrows.Err()
+}
+
 // Scalar runs a custom metric query with bound parameters and returns the
 // first column of the first row as a float (any numeric column type, or a
 // Nullable one). No row, or NULL, is NaN.
@@ -288,6 +335,15 @@ const (
 		ARRAY JOIN hist_idx AS i, hist_cnt AS c
 		WHERE service = ? AND has(?, variant) AND ts >= ? AND ts < ?
 		GROUP BY variant, i`
+	perSecondCountsSQL = `SELECT ts, variant, sum(requests), sum(errors)
+		FROM sluice_metrics FINAL
+		WHERE service = ? AND has(?, variant) AND ts >= ? AND ts < ?
+		GROUP BY ts, variant`
+	perSecondLatencySQL = `SELECT ts, variant, i, sum(c)
+		FROM sluice_metrics FINAL
+		ARRAY JOIN hist_idx AS i, hist_cnt AS c
+		WHERE service = ? AND has(?, variant) AND ts >= ? AND ts < ?
+		GROUP BY ts, variant, i`
 	measurementsSQL = `SELECT run, metric, seq, phase, value, baseline, samples, window_start, window_end, message
 		FROM sluice_measurements FINAL WHERE rollout = ?`
 	insertRowsSQL        = "INSERT INTO sluice_metrics (ts, service, variant, agent, rollout, requests, errors, hist_idx, hist_cnt)"
@@ -298,5 +354,5 @@ const (
 // Queries lists every statement this package sends besides the migrations
 // (for the 18.16 compatibility check).
 func Queries() []string {
-	return []string{windowCountsSQL, windowLatencySQL, measurementsSQL, insertRowsSQL, insertMeasurementSQL, insertMigrationSQL, "SELECT version FROM sluice_schema_migrations FINAL"}
+	return []string{windowCountsSQL, windowLatencySQL, perSecondCountsSQL, perSecondLatencySQL, measurementsSQL, insertRowsSQL, insertMeasurementSQL, insertMigrationSQL, "SELECT version FROM sluice_schema_migrations FINAL"}
 }

@@ -167,3 +167,31 @@ func TestMeasurementsReplaceByKey(t *testing.T) {
 		t.Fatalf("first measurement %+v, want NaN baseline and 120 samples kept", got[0])
 	}
 }
+
+func TestPerSecondSplitsBySecondAndVariant(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	base := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC).Unix()
+	rows := []metrics.Row{
+		row(base, "a1", "stable", 100, 1, 10*time.Millisecond),
+		row(base, "a2", "stable", 50, 0, 10*time.Millisecond),
+		row(base, "a1", "cand", 10, 2, 20*time.Millisecond),
+		row(base+2, "a1", "cand", 7, 0, 20*time.Millisecond),
+	}
+	if err := s.InsertRows(ctx, append(rows, rows[0])); err != nil { // one redelivered row
+		t.Fatal(err)
+	}
+	got, err := s.PerSecond(ctx, "demo", []string{"stable", "cand"}, time.Unix(base, 0), time.Unix(base+3, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("%d seconds, want 2 (the empty second has no entry)", len(got))
+	}
+	if w := got[base]["stable"]; w.Requests != 150 || w.Errors != 1 || w.Latency.Count() != 150 {
+		t.Errorf("second 0 stable = %+v, want 150 requests, 1 error, 150 latencies", w)
+	}
+	if w := got[base+2]["cand"]; w.Requests != 7 || w.Latency.Count() != 7 {
+		t.Errorf("second 2 candidate = %+v, want 7 requests", w)
+	}
+}

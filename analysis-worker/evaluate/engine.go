@@ -30,6 +30,7 @@ import (
 	"github.com/sluicehq/sluice/analysis-worker/provider"
 	"github.com/sluicehq/sluice/core/analysis"
 	"github.com/sluicehq/sluice/core/fleet"
+	"github.com/sluicehq/sluice/core/judge"
 	"github.com/sluicehq/sluice/core/rollout"
 	"github.com/sluicehq/sluice/core/route"
 )
@@ -63,7 +64,9 @@ type Providers func(p rollout.MetricProvider) (provider.Provider, error)
 
 // Engine judges every running analysis run it is told about.
 type Engine struct {
-	Store     Store
+	Store Store
+	// Rows feeds judge metrics; required only when a run has one.
+	Rows      Rows
 	Verdicts  Verdicts
 	Providers Providers
 	// Grace closes a second this long after it ended even if some live
@@ -104,7 +107,11 @@ type metricState struct {
 	seq     uint32
 	nextEnd int64 // end (exclusive second) of the next measurement
 	bad     error // the metric cannot be measured at all (bad spec)
+	judge   *judge.Judge
+	note    string
 }
+
+func (ms *metricState) isJudge() bool { return ms.spec.Provider.Judge != nil }
 
 func (e *Engine) now() time.Time {
 	if e.Now != nil {
@@ -189,6 +196,17 @@ func (e *Engine) newRun(rec rollout.Record, run rollout.AnalysisRun) *runState {
 			eff := m.Effective(run.Kind == rollout.RunKindStep)
 			ms := &metricState{spec: eff, nextEnd: rs.start + 1 + int64(eff.InitialDelay/time.Second)}
 			ms.result.Name, ms.result.Phase = eff.Name, rollout.RunRunning
+			if eff.Provider.Judge != nil {
+				// The judge decides each second: the first Abort fails it.
+				ms.spec.FailureLimit = 0
+				ms.spec.Interval = time.Second
+				ms.nextEnd = rs.start + 1
+				if e.Rows == nil {
+					ms.bad = errors.New("the sequential judge needs the agents' rows (ClickHouse)")
+				}
+				rs.metrics = append(rs.metrics, ms)
+				continue
+			}
 			var err error
 			if ms.prov, err = e.Providers(eff.Provider); err != nil {
 				ms.bad = err
@@ -341,6 +359,13 @@ func (e *Engine) load(ctx context.Context, rs *runState) error {
 			}
 		}
 	}
+	for _, ms := range rs.metrics {
+		if ms.isJudge() && ms.bad == nil && ms.judge == nil {
+			if err := e.setupJudge(ctx, rs, ms); err != nil {
+				return err
+			}
+		}
+	}
 	e.finish(rs)
 	return nil
 }
@@ -350,12 +375,30 @@ func (e *Engine) processSecond(ctx context.Context, rs *runState, s int64) error
 		if ms.result.Phase.Terminal() || ms.nextEnd != s+1 {
 			continue
 		}
-		m := e.measure(ctx, rs, ms, s+1)
+		var m analysis.Measurement
+		if ms.isJudge() && ms.bad == nil {
+			var ok bool
+			var err error
+			m, ok, err = e.judgeSecond(ctx, rs, ms, s)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				ms.nextEnd++
+				continue
+			}
+		} else {
+			m = e.measure(ctx, rs, ms, s+1)
+		}
 		if err := e.Store.InsertMeasurement(ctx, rs.rec.Spec.ID, rs.run.ID, ms.seq+1, m); err != nil {
 			return err
 		}
 		ms.seq++
 		ms.result = ms.result.Record(ms.spec, m)
+		if ms.isJudge() && ms.judge != nil && ms.judge.Verdict().Decision == judge.Promote && !ms.result.Phase.Terminal() {
+			ms.result.Phase = rollout.RunSuccessful
+			ms.result.Message = ms.spec.Name + " passed: the judge rules out a regression of the promote ratio or more; " + m.Message
+		}
 		ms.nextEnd += int64(ms.spec.Interval / time.Second)
 		if e.OnMeasured != nil {
 			e.OnMeasured(rs.run.ID, m)

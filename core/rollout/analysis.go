@@ -103,7 +103,40 @@ type MetricProvider struct {
 	ClickHouse *ClickHouseQuery `json:"clickhouse,omitempty"`
 	// Prometheus is a PromQL instant query.
 	Prometheus *PrometheusQuery `json:"prometheus,omitempty"`
+	// Judge is Sluice's sequential statistical judge (core/judge): it
+	// compares the candidate's error rate (and slow-request rates) with the
+	// stable revision's every second and fails the metric as soon as a
+	// regression beyond the tolerance is established, with a bounded
+	// false-abort probability however long it looks. Conditions do not
+	// apply to it.
+	Judge *JudgeSpec `json:"judge,omitempty"`
 }
+
+// JudgeSpec configures the sequential judge.
+type JudgeSpec struct {
+	// Kind is "sequential" (the only kind today).
+	Kind string `json:"kind"`
+	// Alpha is the false-abort budget of the whole run (default 0.01).
+	Alpha float64 `json:"alpha,omitempty"`
+	// ErrorTolerance: the candidate's error rate may be up to this multiple
+	// of the stable's without counting as a regression (default 1).
+	ErrorTolerance float64 `json:"errorTolerance,omitempty"`
+	// LatencyQuantiles of the stable revision (measured over
+	// BaselineWindow before the run started) become slow-request thresholds,
+	// e.g. [0.95, 0.99]; empty judges errors only.
+	LatencyQuantiles []float64 `json:"latencyQuantiles,omitempty"`
+	// LatencyTolerance: how much slower is acceptable, e.g. 0.1 for 10 %.
+	LatencyTolerance float64 `json:"latencyTolerance,omitempty"`
+	// PromoteRatio, when set, passes the metric early once regressions of
+	// this ratio or more are ruled out for every judged rate.
+	PromoteRatio float64 `json:"promoteRatio,omitempty"`
+	// BaselineWindow is how much stable traffic before the run picks the
+	// latency thresholds (default 60s).
+	BaselineWindow time.Duration `json:"baselineWindow,omitempty"`
+}
+
+// JudgeSequential is the sequential judge's kind.
+const JudgeSequential = "sequential"
 
 // Built-in metrics.
 const (

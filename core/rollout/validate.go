@@ -279,10 +279,43 @@ func validateMetric(ve *ValidationError, mp string, m Metric) {
 			ve.add(mp+".provider.prometheus.address", "must be an http(s) URL, got %q", pv.Prometheus.Address)
 		}
 	}
-	if n != 1 {
-		ve.add(mp+".provider", "exactly one of builtin, clickhouse, prometheus must be set, got %d", n)
+	if j := pv.Judge; j != nil {
+		n++
+		jp := mp + ".provider.judge"
+		if j.Kind != JudgeSequential {
+			ve.add(jp+".kind", "must be %q, got %q", JudgeSequential, j.Kind)
+		}
+		if j.Alpha != 0 && !(j.Alpha > 0 && j.Alpha < 0.5) {
+			ve.add(jp+".alpha", "must be in (0, 0.5), got %v", j.Alpha)
+		}
+		if j.ErrorTolerance != 0 && !(j.ErrorTolerance >= 1 && j.ErrorTolerance <= 100) {
+			ve.add(jp+".error_tolerance", "must be between 1 and 100, got %v", j.ErrorTolerance)
+		}
+		for k, q := range j.LatencyQuantiles {
+			if !(q > 0 && q < 1) {
+				ve.add(fmt.Sprintf("%s.latency_quantiles[%d]", jp, k), "must be in (0, 1), got %v", q)
+			}
+		}
+		if j.LatencyTolerance < 0 || j.LatencyTolerance > 10 {
+			ve.add(jp+".latency_tolerance", "must be between 0 and 10, got %v", j.LatencyTolerance)
+		}
+		if j.PromoteRatio != 0 && !(j.PromoteRatio > 1 && j.PromoteRatio <= 100) {
+			ve.add(jp+".promote_ratio", "must be above 1 (and at most 100), got %v", j.PromoteRatio)
+		}
+		if j.BaselineWindow < 0 || j.BaselineWindow > MaxMetricWindow {
+			ve.add(jp+".baseline_window", "must be between 0 and %s, got %s", MaxMetricWindow, j.BaselineWindow)
+		}
+		if m.SuccessCondition != "" || m.FailureCondition != "" {
+			ve.add(mp, "a judge metric takes no success_condition or failure_condition: the judge decides")
+		}
+		if m.Interval != 0 && m.Interval != time.Second {
+			ve.add(mp+".interval", "a judge metric observes every second; leave interval unset or 1s")
+		}
 	}
-	if m.SuccessCondition == "" && m.FailureCondition == "" {
+	if n != 1 {
+		ve.add(mp+".provider", "exactly one of builtin, clickhouse, prometheus, judge must be set, got %d", n)
+	}
+	if pv.Judge == nil && m.SuccessCondition == "" && m.FailureCondition == "" {
 		ve.add(mp, "set a success_condition, a failure_condition or both")
 	}
 	if m.Interval != 0 && (m.Interval < time.Second || m.Interval%time.Second != 0) {

@@ -51,6 +51,13 @@ func metricFromProto(m *rolloutv1.Metric) rollout.Metric {
 		out.Provider.ClickHouse = &rollout.ClickHouseQuery{Query: p.Clickhouse.GetQuery()}
 	case *rolloutv1.MetricProvider_Prometheus:
 		out.Provider.Prometheus = &rollout.PrometheusQuery{Address: p.Prometheus.GetAddress(), Query: p.Prometheus.GetQuery()}
+	case *rolloutv1.MetricProvider_Judge:
+		j := p.Judge
+		out.Provider.Judge = &rollout.JudgeSpec{
+			Kind: j.GetKind(), Alpha: j.GetAlpha(), ErrorTolerance: j.GetErrorTolerance(),
+			LatencyQuantiles: j.GetLatencyQuantiles(), LatencyTolerance: j.GetLatencyTolerance(),
+			PromoteRatio: j.GetPromoteRatio(), BaselineWindow: dur(j.GetBaselineWindow()),
+		}
 	}
 	return out
 }
@@ -98,6 +105,12 @@ func metricToProto(m rollout.Metric) *rolloutv1.Metric {
 		p.Provider.Source = &rolloutv1.MetricProvider_Clickhouse{Clickhouse: &rolloutv1.ClickHouseMetric{Query: m.Provider.ClickHouse.Query}}
 	case m.Provider.Prometheus != nil:
 		p.Provider.Source = &rolloutv1.MetricProvider_Prometheus{Prometheus: &rolloutv1.PrometheusMetric{Address: m.Provider.Prometheus.Address, Query: m.Provider.Prometheus.Query}}
+	case m.Provider.Judge != nil:
+		j := m.Provider.Judge
+		p.Provider.Source = &rolloutv1.MetricProvider_Judge{Judge: &rolloutv1.SequentialJudge{
+			Kind: j.Kind, Alpha: j.Alpha, ErrorTolerance: j.ErrorTolerance, LatencyQuantiles: j.LatencyQuantiles,
+			LatencyTolerance: j.LatencyTolerance, PromoteRatio: j.PromoteRatio, BaselineWindow: durpb(j.BaselineWindow),
+		}}
 	}
 	return p
 }

@@ -597,6 +597,7 @@ type MetricProvider struct {
 	//	*MetricProvider_Builtin
 	//	*MetricProvider_Clickhouse
 	//	*MetricProvider_Prometheus
+	//	*MetricProvider_Judge
 	Source        isMetricProvider_Source `protobuf_oneof:"source"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -666,6 +667,15 @@ func (x *MetricProvider) GetPrometheus() *PrometheusMetric {
 	return nil
 }
 
+func (x *MetricProvider) GetJudge() *SequentialJudge {
+	if x != nil {
+		if x, ok := x.Source.(*MetricProvider_Judge); ok {
+			return x.Judge
+		}
+	}
+	return nil
+}
+
 type isMetricProvider_Source interface {
 	isMetricProvider_Source()
 }
@@ -685,11 +695,124 @@ type MetricProvider_Prometheus struct {
 	Prometheus *PrometheusMetric `protobuf:"bytes,3,opt,name=prometheus,proto3,oneof"`
 }
 
+type MetricProvider_Judge struct {
+	// judge is the sequential statistical judge: it compares the candidate
+	// with the stable revision every second and fails as soon as a
+	// regression beyond tolerance is established, with a bounded
+	// false-abort probability. Conditions do not apply.
+	Judge *SequentialJudge `protobuf:"bytes,4,opt,name=judge,proto3,oneof"`
+}
+
 func (*MetricProvider_Builtin) isMetricProvider_Source() {}
 
 func (*MetricProvider_Clickhouse) isMetricProvider_Source() {}
 
 func (*MetricProvider_Prometheus) isMetricProvider_Source() {}
+
+func (*MetricProvider_Judge) isMetricProvider_Source() {}
+
+// SequentialJudge configures the sequential judge (docs/judge.md).
+type SequentialJudge struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind is "sequential".
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// alpha is the false-abort budget of the run (default 0.01).
+	Alpha float64 `protobuf:"fixed64,2,opt,name=alpha,proto3" json:"alpha,omitempty"`
+	// error_tolerance: the candidate's error rate may be this multiple of the
+	// stable's (default 1).
+	ErrorTolerance float64 `protobuf:"fixed64,3,opt,name=error_tolerance,json=errorTolerance,proto3" json:"error_tolerance,omitempty"`
+	// latency_quantiles of the stable revision become slow-request thresholds.
+	LatencyQuantiles []float64 `protobuf:"fixed64,4,rep,packed,name=latency_quantiles,json=latencyQuantiles,proto3" json:"latency_quantiles,omitempty"`
+	// latency_tolerance: how much slower is acceptable (0.1 = 10 %).
+	LatencyTolerance float64 `protobuf:"fixed64,5,opt,name=latency_tolerance,json=latencyTolerance,proto3" json:"latency_tolerance,omitempty"`
+	// promote_ratio, when set, passes early once regressions of this ratio
+	// or more are ruled out.
+	PromoteRatio float64 `protobuf:"fixed64,6,opt,name=promote_ratio,json=promoteRatio,proto3" json:"promote_ratio,omitempty"`
+	// baseline_window of stable traffic before the run picks the latency
+	// thresholds (default 60s).
+	BaselineWindow *durationpb.Duration `protobuf:"bytes,7,opt,name=baseline_window,json=baselineWindow,proto3" json:"baseline_window,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *SequentialJudge) Reset() {
+	*x = SequentialJudge{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SequentialJudge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SequentialJudge) ProtoMessage() {}
+
+func (x *SequentialJudge) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SequentialJudge.ProtoReflect.Descriptor instead.
+func (*SequentialJudge) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SequentialJudge) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *SequentialJudge) GetAlpha() float64 {
+	if x != nil {
+		return x.Alpha
+	}
+	return 0
+}
+
+func (x *SequentialJudge) GetErrorTolerance() float64 {
+	if x != nil {
+		return x.ErrorTolerance
+	}
+	return 0
+}
+
+func (x *SequentialJudge) GetLatencyQuantiles() []float64 {
+	if x != nil {
+		return x.LatencyQuantiles
+	}
+	return nil
+}
+
+func (x *SequentialJudge) GetLatencyTolerance() float64 {
+	if x != nil {
+		return x.LatencyTolerance
+	}
+	return 0
+}
+
+func (x *SequentialJudge) GetPromoteRatio() float64 {
+	if x != nil {
+		return x.PromoteRatio
+	}
+	return 0
+}
+
+func (x *SequentialJudge) GetBaselineWindow() *durationpb.Duration {
+	if x != nil {
+		return x.BaselineWindow
+	}
+	return nil
+}
 
 // BuiltinMetric is computed from the agents' rows in ClickHouse.
 type BuiltinMetric struct {
@@ -705,7 +828,7 @@ type BuiltinMetric struct {
 
 func (x *BuiltinMetric) Reset() {
 	*x = BuiltinMetric{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[6]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +840,7 @@ func (x *BuiltinMetric) String() string {
 func (*BuiltinMetric) ProtoMessage() {}
 
 func (x *BuiltinMetric) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[6]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +853,7 @@ func (x *BuiltinMetric) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BuiltinMetric.ProtoReflect.Descriptor instead.
 func (*BuiltinMetric) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{6}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BuiltinMetric) GetName() string {
@@ -758,7 +881,7 @@ type ClickHouseMetric struct {
 
 func (x *ClickHouseMetric) Reset() {
 	*x = ClickHouseMetric{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[7]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +893,7 @@ func (x *ClickHouseMetric) String() string {
 func (*ClickHouseMetric) ProtoMessage() {}
 
 func (x *ClickHouseMetric) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[7]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +906,7 @@ func (x *ClickHouseMetric) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClickHouseMetric.ProtoReflect.Descriptor instead.
 func (*ClickHouseMetric) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{7}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ClickHouseMetric) GetQuery() string {
@@ -806,7 +929,7 @@ type PrometheusMetric struct {
 
 func (x *PrometheusMetric) Reset() {
 	*x = PrometheusMetric{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[8]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +941,7 @@ func (x *PrometheusMetric) String() string {
 func (*PrometheusMetric) ProtoMessage() {}
 
 func (x *PrometheusMetric) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[8]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +954,7 @@ func (x *PrometheusMetric) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrometheusMetric.ProtoReflect.Descriptor instead.
 func (*PrometheusMetric) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{8}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PrometheusMetric) GetAddress() string {
@@ -861,7 +984,7 @@ type AnalysisStep struct {
 
 func (x *AnalysisStep) Reset() {
 	*x = AnalysisStep{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[9]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +996,7 @@ func (x *AnalysisStep) String() string {
 func (*AnalysisStep) ProtoMessage() {}
 
 func (x *AnalysisStep) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[9]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +1009,7 @@ func (x *AnalysisStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnalysisStep.ProtoReflect.Descriptor instead.
 func (*AnalysisStep) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{9}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AnalysisStep) GetTemplates() []string {
@@ -919,7 +1042,7 @@ type Strategy struct {
 
 func (x *Strategy) Reset() {
 	*x = Strategy{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[10]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1054,7 @@ func (x *Strategy) String() string {
 func (*Strategy) ProtoMessage() {}
 
 func (x *Strategy) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[10]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1067,7 @@ func (x *Strategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Strategy.ProtoReflect.Descriptor instead.
 func (*Strategy) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{10}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Strategy) GetStrategy() isStrategy_Strategy {
@@ -992,7 +1115,7 @@ type CanaryStrategy struct {
 
 func (x *CanaryStrategy) Reset() {
 	*x = CanaryStrategy{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[11]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1004,7 +1127,7 @@ func (x *CanaryStrategy) String() string {
 func (*CanaryStrategy) ProtoMessage() {}
 
 func (x *CanaryStrategy) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[11]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1017,7 +1140,7 @@ func (x *CanaryStrategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanaryStrategy.ProtoReflect.Descriptor instead.
 func (*CanaryStrategy) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{11}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CanaryStrategy) GetSteps() []*CanaryStep {
@@ -1061,7 +1184,7 @@ type CanaryStep struct {
 
 func (x *CanaryStep) Reset() {
 	*x = CanaryStep{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1196,7 @@ func (x *CanaryStep) String() string {
 func (*CanaryStep) ProtoMessage() {}
 
 func (x *CanaryStep) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1209,7 @@ func (x *CanaryStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanaryStep.ProtoReflect.Descriptor instead.
 func (*CanaryStep) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{12}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CanaryStep) GetStep() isCanaryStep_Step {
@@ -1183,7 +1306,7 @@ type Pause struct {
 
 func (x *Pause) Reset() {
 	*x = Pause{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1318,7 @@ func (x *Pause) String() string {
 func (*Pause) ProtoMessage() {}
 
 func (x *Pause) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1331,7 @@ func (x *Pause) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pause.ProtoReflect.Descriptor instead.
 func (*Pause) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{13}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Pause) GetDuration() *durationpb.Duration {
@@ -1234,7 +1357,7 @@ type Match struct {
 
 func (x *Match) Reset() {
 	*x = Match{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1369,7 @@ func (x *Match) String() string {
 func (*Match) ProtoMessage() {}
 
 func (x *Match) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1382,7 @@ func (x *Match) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Match.ProtoReflect.Descriptor instead.
 func (*Match) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{14}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Match) GetSource() isMatch_Source {
@@ -1325,7 +1448,7 @@ type HeaderRoute struct {
 
 func (x *HeaderRoute) Reset() {
 	*x = HeaderRoute{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1460,7 @@ func (x *HeaderRoute) String() string {
 func (*HeaderRoute) ProtoMessage() {}
 
 func (x *HeaderRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1473,7 @@ func (x *HeaderRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderRoute.ProtoReflect.Descriptor instead.
 func (*HeaderRoute) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{15}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HeaderRoute) GetName() string {
@@ -1423,7 +1546,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1435,7 +1558,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1448,7 +1571,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{16}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Backend) GetRevision() string {
@@ -1506,7 +1629,7 @@ type RolloutStatus struct {
 
 func (x *RolloutStatus) Reset() {
 	*x = RolloutStatus{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1641,7 @@ func (x *RolloutStatus) String() string {
 func (*RolloutStatus) ProtoMessage() {}
 
 func (x *RolloutStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1654,7 @@ func (x *RolloutStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStatus.ProtoReflect.Descriptor instead.
 func (*RolloutStatus) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{17}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RolloutStatus) GetPhase() Phase {
@@ -1671,7 +1794,7 @@ type AnalysisRunStatus struct {
 
 func (x *AnalysisRunStatus) Reset() {
 	*x = AnalysisRunStatus{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1683,7 +1806,7 @@ func (x *AnalysisRunStatus) String() string {
 func (*AnalysisRunStatus) ProtoMessage() {}
 
 func (x *AnalysisRunStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1696,7 +1819,7 @@ func (x *AnalysisRunStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnalysisRunStatus.ProtoReflect.Descriptor instead.
 func (*AnalysisRunStatus) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{18}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AnalysisRunStatus) GetId() string {
@@ -1782,7 +1905,7 @@ type MetricResult struct {
 
 func (x *MetricResult) Reset() {
 	*x = MetricResult{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1794,7 +1917,7 @@ func (x *MetricResult) String() string {
 func (*MetricResult) ProtoMessage() {}
 
 func (x *MetricResult) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1807,7 +1930,7 @@ func (x *MetricResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricResult.ProtoReflect.Descriptor instead.
 func (*MetricResult) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{19}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MetricResult) GetName() string {
@@ -1898,7 +2021,7 @@ type Measurement struct {
 
 func (x *Measurement) Reset() {
 	*x = Measurement{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1910,7 +2033,7 @@ func (x *Measurement) String() string {
 func (*Measurement) ProtoMessage() {}
 
 func (x *Measurement) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1923,7 +2046,7 @@ func (x *Measurement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Measurement.ProtoReflect.Descriptor instead.
 func (*Measurement) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{20}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Measurement) GetMetric() string {
@@ -1999,7 +2122,7 @@ type AnalysisRun struct {
 
 func (x *AnalysisRun) Reset() {
 	*x = AnalysisRun{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2011,7 +2134,7 @@ func (x *AnalysisRun) String() string {
 func (*AnalysisRun) ProtoMessage() {}
 
 func (x *AnalysisRun) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +2147,7 @@ func (x *AnalysisRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnalysisRun.ProtoReflect.Descriptor instead.
 func (*AnalysisRun) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{21}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AnalysisRun) GetRolloutId() string {
@@ -2068,7 +2191,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2080,7 +2203,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2093,7 +2216,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{22}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Rollout) GetSpec() *RolloutSpec {
@@ -2121,7 +2244,7 @@ type CreateRolloutRequest struct {
 
 func (x *CreateRolloutRequest) Reset() {
 	*x = CreateRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2133,7 +2256,7 @@ func (x *CreateRolloutRequest) String() string {
 func (*CreateRolloutRequest) ProtoMessage() {}
 
 func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2146,7 +2269,7 @@ func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CreateRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{23}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateRolloutRequest) GetSpec() *RolloutSpec {
@@ -2169,7 +2292,7 @@ type CreateRolloutResponse struct {
 
 func (x *CreateRolloutResponse) Reset() {
 	*x = CreateRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2181,7 +2304,7 @@ func (x *CreateRolloutResponse) String() string {
 func (*CreateRolloutResponse) ProtoMessage() {}
 
 func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2194,7 +2317,7 @@ func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CreateRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{24}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateRolloutResponse) GetRollout() *Rollout {
@@ -2222,7 +2345,7 @@ type GetRolloutRequest struct {
 
 func (x *GetRolloutRequest) Reset() {
 	*x = GetRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2234,7 +2357,7 @@ func (x *GetRolloutRequest) String() string {
 func (*GetRolloutRequest) ProtoMessage() {}
 
 func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2247,7 +2370,7 @@ func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{25}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetRolloutRequest) GetId() string {
@@ -2268,7 +2391,7 @@ type GetRolloutResponse struct {
 
 func (x *GetRolloutResponse) Reset() {
 	*x = GetRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2280,7 +2403,7 @@ func (x *GetRolloutResponse) String() string {
 func (*GetRolloutResponse) ProtoMessage() {}
 
 func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2293,7 +2416,7 @@ func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
 func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{26}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetRolloutResponse) GetRollout() *Rollout {
@@ -2320,7 +2443,7 @@ type ListRolloutsRequest struct {
 
 func (x *ListRolloutsRequest) Reset() {
 	*x = ListRolloutsRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +2455,7 @@ func (x *ListRolloutsRequest) String() string {
 func (*ListRolloutsRequest) ProtoMessage() {}
 
 func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +2468,7 @@ func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{27}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListRolloutsRequest) GetService() string {
@@ -2389,7 +2512,7 @@ type ListRolloutsResponse struct {
 
 func (x *ListRolloutsResponse) Reset() {
 	*x = ListRolloutsResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2401,7 +2524,7 @@ func (x *ListRolloutsResponse) String() string {
 func (*ListRolloutsResponse) ProtoMessage() {}
 
 func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2414,7 +2537,7 @@ func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{28}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
@@ -2442,7 +2565,7 @@ type WatchRolloutRequest struct {
 
 func (x *WatchRolloutRequest) Reset() {
 	*x = WatchRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2454,7 +2577,7 @@ func (x *WatchRolloutRequest) String() string {
 func (*WatchRolloutRequest) ProtoMessage() {}
 
 func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2590,7 @@ func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutRequest.ProtoReflect.Descriptor instead.
 func (*WatchRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{29}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WatchRolloutRequest) GetId() string {
@@ -2488,7 +2611,7 @@ type WatchRolloutResponse struct {
 
 func (x *WatchRolloutResponse) Reset() {
 	*x = WatchRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2500,7 +2623,7 @@ func (x *WatchRolloutResponse) String() string {
 func (*WatchRolloutResponse) ProtoMessage() {}
 
 func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2513,7 +2636,7 @@ func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutResponse.ProtoReflect.Descriptor instead.
 func (*WatchRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{30}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WatchRolloutResponse) GetRollout() *Rollout {
@@ -2536,7 +2659,7 @@ type PauseRolloutRequest struct {
 
 func (x *PauseRolloutRequest) Reset() {
 	*x = PauseRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2548,7 +2671,7 @@ func (x *PauseRolloutRequest) String() string {
 func (*PauseRolloutRequest) ProtoMessage() {}
 
 func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2561,7 +2684,7 @@ func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PauseRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{31}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PauseRolloutRequest) GetId() string {
@@ -2589,7 +2712,7 @@ type PauseRolloutResponse struct {
 
 func (x *PauseRolloutResponse) Reset() {
 	*x = PauseRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2724,7 @@ func (x *PauseRolloutResponse) String() string {
 func (*PauseRolloutResponse) ProtoMessage() {}
 
 func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2737,7 @@ func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PauseRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{32}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PauseRolloutResponse) GetRollout() *Rollout {
@@ -2637,7 +2760,7 @@ type ResumeRolloutRequest struct {
 
 func (x *ResumeRolloutRequest) Reset() {
 	*x = ResumeRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2649,7 +2772,7 @@ func (x *ResumeRolloutRequest) String() string {
 func (*ResumeRolloutRequest) ProtoMessage() {}
 
 func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2662,7 +2785,7 @@ func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{33}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ResumeRolloutRequest) GetId() string {
@@ -2690,7 +2813,7 @@ type ResumeRolloutResponse struct {
 
 func (x *ResumeRolloutResponse) Reset() {
 	*x = ResumeRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2702,7 +2825,7 @@ func (x *ResumeRolloutResponse) String() string {
 func (*ResumeRolloutResponse) ProtoMessage() {}
 
 func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2715,7 +2838,7 @@ func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutResponse.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{34}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ResumeRolloutResponse) GetRollout() *Rollout {
@@ -2740,7 +2863,7 @@ type PromoteRolloutRequest struct {
 
 func (x *PromoteRolloutRequest) Reset() {
 	*x = PromoteRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2752,7 +2875,7 @@ func (x *PromoteRolloutRequest) String() string {
 func (*PromoteRolloutRequest) ProtoMessage() {}
 
 func (x *PromoteRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2765,7 +2888,7 @@ func (x *PromoteRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{35}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PromoteRolloutRequest) GetId() string {
@@ -2800,7 +2923,7 @@ type PromoteRolloutResponse struct {
 
 func (x *PromoteRolloutResponse) Reset() {
 	*x = PromoteRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2812,7 +2935,7 @@ func (x *PromoteRolloutResponse) String() string {
 func (*PromoteRolloutResponse) ProtoMessage() {}
 
 func (x *PromoteRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2825,7 +2948,7 @@ func (x *PromoteRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PromoteRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{36}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PromoteRolloutResponse) GetRollout() *Rollout {
@@ -2850,7 +2973,7 @@ type AbortRolloutRequest struct {
 
 func (x *AbortRolloutRequest) Reset() {
 	*x = AbortRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2862,7 +2985,7 @@ func (x *AbortRolloutRequest) String() string {
 func (*AbortRolloutRequest) ProtoMessage() {}
 
 func (x *AbortRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2875,7 +2998,7 @@ func (x *AbortRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRolloutRequest.ProtoReflect.Descriptor instead.
 func (*AbortRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{37}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AbortRolloutRequest) GetId() string {
@@ -2910,7 +3033,7 @@ type AbortRolloutResponse struct {
 
 func (x *AbortRolloutResponse) Reset() {
 	*x = AbortRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2922,7 +3045,7 @@ func (x *AbortRolloutResponse) String() string {
 func (*AbortRolloutResponse) ProtoMessage() {}
 
 func (x *AbortRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2935,7 +3058,7 @@ func (x *AbortRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRolloutResponse.ProtoReflect.Descriptor instead.
 func (*AbortRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{38}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AbortRolloutResponse) GetRollout() *Rollout {
@@ -2956,7 +3079,7 @@ type ListAnalysisRunsRequest struct {
 
 func (x *ListAnalysisRunsRequest) Reset() {
 	*x = ListAnalysisRunsRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2968,7 +3091,7 @@ func (x *ListAnalysisRunsRequest) String() string {
 func (*ListAnalysisRunsRequest) ProtoMessage() {}
 
 func (x *ListAnalysisRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2981,7 +3104,7 @@ func (x *ListAnalysisRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAnalysisRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListAnalysisRunsRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{39}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListAnalysisRunsRequest) GetRolloutId() string {
@@ -3002,7 +3125,7 @@ type ListAnalysisRunsResponse struct {
 
 func (x *ListAnalysisRunsResponse) Reset() {
 	*x = ListAnalysisRunsResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3014,7 +3137,7 @@ func (x *ListAnalysisRunsResponse) String() string {
 func (*ListAnalysisRunsResponse) ProtoMessage() {}
 
 func (x *ListAnalysisRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3027,7 +3150,7 @@ func (x *ListAnalysisRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAnalysisRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListAnalysisRunsResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{40}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListAnalysisRunsResponse) GetRuns() []*AnalysisRun {
@@ -3048,7 +3171,7 @@ type GetAnalysisRunRequest struct {
 
 func (x *GetAnalysisRunRequest) Reset() {
 	*x = GetAnalysisRunRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3060,7 +3183,7 @@ func (x *GetAnalysisRunRequest) String() string {
 func (*GetAnalysisRunRequest) ProtoMessage() {}
 
 func (x *GetAnalysisRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3073,7 +3196,7 @@ func (x *GetAnalysisRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAnalysisRunRequest.ProtoReflect.Descriptor instead.
 func (*GetAnalysisRunRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{41}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetAnalysisRunRequest) GetId() string {
@@ -3094,7 +3217,7 @@ type GetAnalysisRunResponse struct {
 
 func (x *GetAnalysisRunResponse) Reset() {
 	*x = GetAnalysisRunResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3106,7 +3229,7 @@ func (x *GetAnalysisRunResponse) String() string {
 func (*GetAnalysisRunResponse) ProtoMessage() {}
 
 func (x *GetAnalysisRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3119,7 +3242,7 @@ func (x *GetAnalysisRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAnalysisRunResponse.ProtoReflect.Descriptor instead.
 func (*GetAnalysisRunResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{42}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetAnalysisRunResponse) GetRun() *AnalysisRun {
@@ -3175,7 +3298,7 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	" \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\x11inconclusiveLimit\x12D\n" +
 	"\x17consecutive_error_limit\x18\v \x01(\x05B\a\xbaH\x04\x1a\x02(\x00H\x00R\x15consecutiveErrorLimit\x88\x01\x01\x12/\n" +
 	"\x0fmin_sample_size\x18\f \x01(\x03B\a\xbaH\x04\"\x02(\x00R\rminSampleSizeB\x1a\n" +
-	"\x18_consecutive_error_limit\"\xed\x01\n" +
+	"\x18_consecutive_error_limit\"\xa9\x02\n" +
 	"\x0eMetricProvider\x12<\n" +
 	"\abuiltin\x18\x01 \x01(\v2 .sluice.rollout.v1.BuiltinMetricH\x00R\abuiltin\x12E\n" +
 	"\n" +
@@ -3183,8 +3306,18 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"clickhouse\x12E\n" +
 	"\n" +
 	"prometheus\x18\x03 \x01(\v2#.sluice.rollout.v1.PrometheusMetricH\x00R\n" +
-	"prometheusB\x0f\n" +
-	"\x06source\x12\x05\xbaH\x02\b\x01\"r\n" +
+	"prometheus\x12:\n" +
+	"\x05judge\x18\x04 \x01(\v2\".sluice.rollout.v1.SequentialJudgeH\x00R\x05judgeB\x0f\n" +
+	"\x06source\x12\x05\xbaH\x02\b\x01\"\xa8\x03\n" +
+	"\x0fSequentialJudge\x12%\n" +
+	"\x04kind\x18\x01 \x01(\tB\x11\xbaH\x0er\fR\n" +
+	"sequentialR\x04kind\x12-\n" +
+	"\x05alpha\x18\x02 \x01(\x01B\x17\xbaH\x14\x12\x12\x11\x00\x00\x00\x00\x00\x00\xe0?)\x00\x00\x00\x00\x00\x00\x00\x00R\x05alpha\x12@\n" +
+	"\x0ferror_tolerance\x18\x03 \x01(\x01B\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00Y@)\x00\x00\x00\x00\x00\x00\x00\x00R\x0eerrorTolerance\x125\n" +
+	"\x11latency_quantiles\x18\x04 \x03(\x01B\b\xbaH\x05\x92\x01\x02\x10\x05R\x10latencyQuantiles\x12D\n" +
+	"\x11latency_tolerance\x18\x05 \x01(\x01B\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00$@)\x00\x00\x00\x00\x00\x00\x00\x00R\x10latencyTolerance\x12<\n" +
+	"\rpromote_ratio\x18\x06 \x01(\x01B\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00Y@)\x00\x00\x00\x00\x00\x00\x00\x00R\fpromoteRatio\x12B\n" +
+	"\x0fbaseline_window\x18\a \x01(\v2\x19.google.protobuf.DurationR\x0ebaselineWindow\"r\n" +
 	"\rBuiltinMetric\x12E\n" +
 	"\x04name\x18\x01 \x01(\tB1\xbaH.r,R\n" +
 	"error-rateR\x10latency-quantileR\frequest-rateR\x04name\x12\x1a\n" +
@@ -3397,7 +3530,7 @@ func file_sluice_rollout_v1_rollout_proto_rawDescGZIP() []byte {
 }
 
 var file_sluice_rollout_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sluice_rollout_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_sluice_rollout_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_sluice_rollout_v1_rollout_proto_goTypes = []any{
 	(Phase)(0),                       // 0: sluice.rollout.v1.Phase
 	(RunPhase)(0),                    // 1: sluice.rollout.v1.RunPhase
@@ -3407,127 +3540,130 @@ var file_sluice_rollout_v1_rollout_proto_goTypes = []any{
 	(*AnalysisTemplate)(nil),         // 5: sluice.rollout.v1.AnalysisTemplate
 	(*Metric)(nil),                   // 6: sluice.rollout.v1.Metric
 	(*MetricProvider)(nil),           // 7: sluice.rollout.v1.MetricProvider
-	(*BuiltinMetric)(nil),            // 8: sluice.rollout.v1.BuiltinMetric
-	(*ClickHouseMetric)(nil),         // 9: sluice.rollout.v1.ClickHouseMetric
-	(*PrometheusMetric)(nil),         // 10: sluice.rollout.v1.PrometheusMetric
-	(*AnalysisStep)(nil),             // 11: sluice.rollout.v1.AnalysisStep
-	(*Strategy)(nil),                 // 12: sluice.rollout.v1.Strategy
-	(*CanaryStrategy)(nil),           // 13: sluice.rollout.v1.CanaryStrategy
-	(*CanaryStep)(nil),               // 14: sluice.rollout.v1.CanaryStep
-	(*Pause)(nil),                    // 15: sluice.rollout.v1.Pause
-	(*Match)(nil),                    // 16: sluice.rollout.v1.Match
-	(*HeaderRoute)(nil),              // 17: sluice.rollout.v1.HeaderRoute
-	(*Backend)(nil),                  // 18: sluice.rollout.v1.Backend
-	(*RolloutStatus)(nil),            // 19: sluice.rollout.v1.RolloutStatus
-	(*AnalysisRunStatus)(nil),        // 20: sluice.rollout.v1.AnalysisRunStatus
-	(*MetricResult)(nil),             // 21: sluice.rollout.v1.MetricResult
-	(*Measurement)(nil),              // 22: sluice.rollout.v1.Measurement
-	(*AnalysisRun)(nil),              // 23: sluice.rollout.v1.AnalysisRun
-	(*Rollout)(nil),                  // 24: sluice.rollout.v1.Rollout
-	(*CreateRolloutRequest)(nil),     // 25: sluice.rollout.v1.CreateRolloutRequest
-	(*CreateRolloutResponse)(nil),    // 26: sluice.rollout.v1.CreateRolloutResponse
-	(*GetRolloutRequest)(nil),        // 27: sluice.rollout.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),       // 28: sluice.rollout.v1.GetRolloutResponse
-	(*ListRolloutsRequest)(nil),      // 29: sluice.rollout.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),     // 30: sluice.rollout.v1.ListRolloutsResponse
-	(*WatchRolloutRequest)(nil),      // 31: sluice.rollout.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),     // 32: sluice.rollout.v1.WatchRolloutResponse
-	(*PauseRolloutRequest)(nil),      // 33: sluice.rollout.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),     // 34: sluice.rollout.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),     // 35: sluice.rollout.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),    // 36: sluice.rollout.v1.ResumeRolloutResponse
-	(*PromoteRolloutRequest)(nil),    // 37: sluice.rollout.v1.PromoteRolloutRequest
-	(*PromoteRolloutResponse)(nil),   // 38: sluice.rollout.v1.PromoteRolloutResponse
-	(*AbortRolloutRequest)(nil),      // 39: sluice.rollout.v1.AbortRolloutRequest
-	(*AbortRolloutResponse)(nil),     // 40: sluice.rollout.v1.AbortRolloutResponse
-	(*ListAnalysisRunsRequest)(nil),  // 41: sluice.rollout.v1.ListAnalysisRunsRequest
-	(*ListAnalysisRunsResponse)(nil), // 42: sluice.rollout.v1.ListAnalysisRunsResponse
-	(*GetAnalysisRunRequest)(nil),    // 43: sluice.rollout.v1.GetAnalysisRunRequest
-	(*GetAnalysisRunResponse)(nil),   // 44: sluice.rollout.v1.GetAnalysisRunResponse
-	nil,                              // 45: sluice.rollout.v1.RolloutSpec.SelectorEntry
-	(*durationpb.Duration)(nil),      // 46: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 47: google.protobuf.Timestamp
+	(*SequentialJudge)(nil),          // 8: sluice.rollout.v1.SequentialJudge
+	(*BuiltinMetric)(nil),            // 9: sluice.rollout.v1.BuiltinMetric
+	(*ClickHouseMetric)(nil),         // 10: sluice.rollout.v1.ClickHouseMetric
+	(*PrometheusMetric)(nil),         // 11: sluice.rollout.v1.PrometheusMetric
+	(*AnalysisStep)(nil),             // 12: sluice.rollout.v1.AnalysisStep
+	(*Strategy)(nil),                 // 13: sluice.rollout.v1.Strategy
+	(*CanaryStrategy)(nil),           // 14: sluice.rollout.v1.CanaryStrategy
+	(*CanaryStep)(nil),               // 15: sluice.rollout.v1.CanaryStep
+	(*Pause)(nil),                    // 16: sluice.rollout.v1.Pause
+	(*Match)(nil),                    // 17: sluice.rollout.v1.Match
+	(*HeaderRoute)(nil),              // 18: sluice.rollout.v1.HeaderRoute
+	(*Backend)(nil),                  // 19: sluice.rollout.v1.Backend
+	(*RolloutStatus)(nil),            // 20: sluice.rollout.v1.RolloutStatus
+	(*AnalysisRunStatus)(nil),        // 21: sluice.rollout.v1.AnalysisRunStatus
+	(*MetricResult)(nil),             // 22: sluice.rollout.v1.MetricResult
+	(*Measurement)(nil),              // 23: sluice.rollout.v1.Measurement
+	(*AnalysisRun)(nil),              // 24: sluice.rollout.v1.AnalysisRun
+	(*Rollout)(nil),                  // 25: sluice.rollout.v1.Rollout
+	(*CreateRolloutRequest)(nil),     // 26: sluice.rollout.v1.CreateRolloutRequest
+	(*CreateRolloutResponse)(nil),    // 27: sluice.rollout.v1.CreateRolloutResponse
+	(*GetRolloutRequest)(nil),        // 28: sluice.rollout.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),       // 29: sluice.rollout.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),      // 30: sluice.rollout.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),     // 31: sluice.rollout.v1.ListRolloutsResponse
+	(*WatchRolloutRequest)(nil),      // 32: sluice.rollout.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),     // 33: sluice.rollout.v1.WatchRolloutResponse
+	(*PauseRolloutRequest)(nil),      // 34: sluice.rollout.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),     // 35: sluice.rollout.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),     // 36: sluice.rollout.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),    // 37: sluice.rollout.v1.ResumeRolloutResponse
+	(*PromoteRolloutRequest)(nil),    // 38: sluice.rollout.v1.PromoteRolloutRequest
+	(*PromoteRolloutResponse)(nil),   // 39: sluice.rollout.v1.PromoteRolloutResponse
+	(*AbortRolloutRequest)(nil),      // 40: sluice.rollout.v1.AbortRolloutRequest
+	(*AbortRolloutResponse)(nil),     // 41: sluice.rollout.v1.AbortRolloutResponse
+	(*ListAnalysisRunsRequest)(nil),  // 42: sluice.rollout.v1.ListAnalysisRunsRequest
+	(*ListAnalysisRunsResponse)(nil), // 43: sluice.rollout.v1.ListAnalysisRunsResponse
+	(*GetAnalysisRunRequest)(nil),    // 44: sluice.rollout.v1.GetAnalysisRunRequest
+	(*GetAnalysisRunResponse)(nil),   // 45: sluice.rollout.v1.GetAnalysisRunResponse
+	nil,                              // 46: sluice.rollout.v1.RolloutSpec.SelectorEntry
+	(*durationpb.Duration)(nil),      // 47: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 48: google.protobuf.Timestamp
 }
 var file_sluice_rollout_v1_rollout_proto_depIdxs = []int32{
-	45, // 0: sluice.rollout.v1.RolloutSpec.selector:type_name -> sluice.rollout.v1.RolloutSpec.SelectorEntry
-	12, // 1: sluice.rollout.v1.RolloutSpec.strategy:type_name -> sluice.rollout.v1.Strategy
+	46, // 0: sluice.rollout.v1.RolloutSpec.selector:type_name -> sluice.rollout.v1.RolloutSpec.SelectorEntry
+	13, // 1: sluice.rollout.v1.RolloutSpec.strategy:type_name -> sluice.rollout.v1.Strategy
 	3,  // 2: sluice.rollout.v1.RolloutSpec.analysis:type_name -> sluice.rollout.v1.Analysis
 	5,  // 3: sluice.rollout.v1.Analysis.templates:type_name -> sluice.rollout.v1.AnalysisTemplate
 	4,  // 4: sluice.rollout.v1.Analysis.background:type_name -> sluice.rollout.v1.BackgroundAnalysis
 	6,  // 5: sluice.rollout.v1.AnalysisTemplate.metrics:type_name -> sluice.rollout.v1.Metric
 	7,  // 6: sluice.rollout.v1.Metric.provider:type_name -> sluice.rollout.v1.MetricProvider
-	46, // 7: sluice.rollout.v1.Metric.interval:type_name -> google.protobuf.Duration
-	46, // 8: sluice.rollout.v1.Metric.window:type_name -> google.protobuf.Duration
-	46, // 9: sluice.rollout.v1.Metric.initial_delay:type_name -> google.protobuf.Duration
-	8,  // 10: sluice.rollout.v1.MetricProvider.builtin:type_name -> sluice.rollout.v1.BuiltinMetric
-	9,  // 11: sluice.rollout.v1.MetricProvider.clickhouse:type_name -> sluice.rollout.v1.ClickHouseMetric
-	10, // 12: sluice.rollout.v1.MetricProvider.prometheus:type_name -> sluice.rollout.v1.PrometheusMetric
-	13, // 13: sluice.rollout.v1.Strategy.canary:type_name -> sluice.rollout.v1.CanaryStrategy
-	14, // 14: sluice.rollout.v1.CanaryStrategy.steps:type_name -> sluice.rollout.v1.CanaryStep
-	16, // 15: sluice.rollout.v1.CanaryStrategy.sticky:type_name -> sluice.rollout.v1.Match
-	46, // 16: sluice.rollout.v1.CanaryStrategy.progress_deadline:type_name -> google.protobuf.Duration
-	15, // 17: sluice.rollout.v1.CanaryStep.pause:type_name -> sluice.rollout.v1.Pause
-	17, // 18: sluice.rollout.v1.CanaryStep.set_header_route:type_name -> sluice.rollout.v1.HeaderRoute
-	11, // 19: sluice.rollout.v1.CanaryStep.analysis:type_name -> sluice.rollout.v1.AnalysisStep
-	46, // 20: sluice.rollout.v1.CanaryStep.progress_deadline:type_name -> google.protobuf.Duration
-	46, // 21: sluice.rollout.v1.Pause.duration:type_name -> google.protobuf.Duration
-	16, // 22: sluice.rollout.v1.HeaderRoute.match:type_name -> sluice.rollout.v1.Match
-	0,  // 23: sluice.rollout.v1.RolloutStatus.phase:type_name -> sluice.rollout.v1.Phase
-	17, // 24: sluice.rollout.v1.RolloutStatus.header_routes:type_name -> sluice.rollout.v1.HeaderRoute
-	47, // 25: sluice.rollout.v1.RolloutStatus.pause_until:type_name -> google.protobuf.Timestamp
-	47, // 26: sluice.rollout.v1.RolloutStatus.created_at:type_name -> google.protobuf.Timestamp
-	47, // 27: sluice.rollout.v1.RolloutStatus.updated_at:type_name -> google.protobuf.Timestamp
-	47, // 28: sluice.rollout.v1.RolloutStatus.finished_at:type_name -> google.protobuf.Timestamp
-	20, // 29: sluice.rollout.v1.RolloutStatus.analysis_runs:type_name -> sluice.rollout.v1.AnalysisRunStatus
-	1,  // 30: sluice.rollout.v1.AnalysisRunStatus.phase:type_name -> sluice.rollout.v1.RunPhase
-	47, // 31: sluice.rollout.v1.AnalysisRunStatus.started_at:type_name -> google.protobuf.Timestamp
-	47, // 32: sluice.rollout.v1.AnalysisRunStatus.finished_at:type_name -> google.protobuf.Timestamp
-	1,  // 33: sluice.rollout.v1.MetricResult.phase:type_name -> sluice.rollout.v1.RunPhase
-	1,  // 34: sluice.rollout.v1.Measurement.phase:type_name -> sluice.rollout.v1.RunPhase
-	47, // 35: sluice.rollout.v1.Measurement.start:type_name -> google.protobuf.Timestamp
-	47, // 36: sluice.rollout.v1.Measurement.end:type_name -> google.protobuf.Timestamp
-	20, // 37: sluice.rollout.v1.AnalysisRun.status:type_name -> sluice.rollout.v1.AnalysisRunStatus
-	21, // 38: sluice.rollout.v1.AnalysisRun.metrics:type_name -> sluice.rollout.v1.MetricResult
-	22, // 39: sluice.rollout.v1.AnalysisRun.measurements:type_name -> sluice.rollout.v1.Measurement
-	2,  // 40: sluice.rollout.v1.Rollout.spec:type_name -> sluice.rollout.v1.RolloutSpec
-	19, // 41: sluice.rollout.v1.Rollout.status:type_name -> sluice.rollout.v1.RolloutStatus
-	2,  // 42: sluice.rollout.v1.CreateRolloutRequest.spec:type_name -> sluice.rollout.v1.RolloutSpec
-	24, // 43: sluice.rollout.v1.CreateRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	24, // 44: sluice.rollout.v1.GetRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	0,  // 45: sluice.rollout.v1.ListRolloutsRequest.phase:type_name -> sluice.rollout.v1.Phase
-	24, // 46: sluice.rollout.v1.ListRolloutsResponse.rollouts:type_name -> sluice.rollout.v1.Rollout
-	24, // 47: sluice.rollout.v1.WatchRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	24, // 48: sluice.rollout.v1.PauseRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	24, // 49: sluice.rollout.v1.ResumeRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	24, // 50: sluice.rollout.v1.PromoteRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	24, // 51: sluice.rollout.v1.AbortRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	23, // 52: sluice.rollout.v1.ListAnalysisRunsResponse.runs:type_name -> sluice.rollout.v1.AnalysisRun
-	23, // 53: sluice.rollout.v1.GetAnalysisRunResponse.run:type_name -> sluice.rollout.v1.AnalysisRun
-	25, // 54: sluice.rollout.v1.RolloutService.CreateRollout:input_type -> sluice.rollout.v1.CreateRolloutRequest
-	27, // 55: sluice.rollout.v1.RolloutService.GetRollout:input_type -> sluice.rollout.v1.GetRolloutRequest
-	29, // 56: sluice.rollout.v1.RolloutService.ListRollouts:input_type -> sluice.rollout.v1.ListRolloutsRequest
-	31, // 57: sluice.rollout.v1.RolloutService.WatchRollout:input_type -> sluice.rollout.v1.WatchRolloutRequest
-	33, // 58: sluice.rollout.v1.RolloutService.PauseRollout:input_type -> sluice.rollout.v1.PauseRolloutRequest
-	35, // 59: sluice.rollout.v1.RolloutService.ResumeRollout:input_type -> sluice.rollout.v1.ResumeRolloutRequest
-	37, // 60: sluice.rollout.v1.RolloutService.PromoteRollout:input_type -> sluice.rollout.v1.PromoteRolloutRequest
-	39, // 61: sluice.rollout.v1.RolloutService.AbortRollout:input_type -> sluice.rollout.v1.AbortRolloutRequest
-	41, // 62: sluice.rollout.v1.RolloutService.ListAnalysisRuns:input_type -> sluice.rollout.v1.ListAnalysisRunsRequest
-	43, // 63: sluice.rollout.v1.RolloutService.GetAnalysisRun:input_type -> sluice.rollout.v1.GetAnalysisRunRequest
-	26, // 64: sluice.rollout.v1.RolloutService.CreateRollout:output_type -> sluice.rollout.v1.CreateRolloutResponse
-	28, // 65: sluice.rollout.v1.RolloutService.GetRollout:output_type -> sluice.rollout.v1.GetRolloutResponse
-	30, // 66: sluice.rollout.v1.RolloutService.ListRollouts:output_type -> sluice.rollout.v1.ListRolloutsResponse
-	32, // 67: sluice.rollout.v1.RolloutService.WatchRollout:output_type -> sluice.rollout.v1.WatchRolloutResponse
-	34, // 68: sluice.rollout.v1.RolloutService.PauseRollout:output_type -> sluice.rollout.v1.PauseRolloutResponse
-	36, // 69: sluice.rollout.v1.RolloutService.ResumeRollout:output_type -> sluice.rollout.v1.ResumeRolloutResponse
-	38, // 70: sluice.rollout.v1.RolloutService.PromoteRollout:output_type -> sluice.rollout.v1.PromoteRolloutResponse
-	40, // 71: sluice.rollout.v1.RolloutService.AbortRollout:output_type -> sluice.rollout.v1.AbortRolloutResponse
-	42, // 72: sluice.rollout.v1.RolloutService.ListAnalysisRuns:output_type -> sluice.rollout.v1.ListAnalysisRunsResponse
-	44, // 73: sluice.rollout.v1.RolloutService.GetAnalysisRun:output_type -> sluice.rollout.v1.GetAnalysisRunResponse
-	64, // [64:74] is the sub-list for method output_type
-	54, // [54:64] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	47, // 7: sluice.rollout.v1.Metric.interval:type_name -> google.protobuf.Duration
+	47, // 8: sluice.rollout.v1.Metric.window:type_name -> google.protobuf.Duration
+	47, // 9: sluice.rollout.v1.Metric.initial_delay:type_name -> google.protobuf.Duration
+	9,  // 10: sluice.rollout.v1.MetricProvider.builtin:type_name -> sluice.rollout.v1.BuiltinMetric
+	10, // 11: sluice.rollout.v1.MetricProvider.clickhouse:type_name -> sluice.rollout.v1.ClickHouseMetric
+	11, // 12: sluice.rollout.v1.MetricProvider.prometheus:type_name -> sluice.rollout.v1.PrometheusMetric
+	8,  // 13: sluice.rollout.v1.MetricProvider.judge:type_name -> sluice.rollout.v1.SequentialJudge
+	47, // 14: sluice.rollout.v1.SequentialJudge.baseline_window:type_name -> google.protobuf.Duration
+	14, // 15: sluice.rollout.v1.Strategy.canary:type_name -> sluice.rollout.v1.CanaryStrategy
+	15, // 16: sluice.rollout.v1.CanaryStrategy.steps:type_name -> sluice.rollout.v1.CanaryStep
+	17, // 17: sluice.rollout.v1.CanaryStrategy.sticky:type_name -> sluice.rollout.v1.Match
+	47, // 18: sluice.rollout.v1.CanaryStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	16, // 19: sluice.rollout.v1.CanaryStep.pause:type_name -> sluice.rollout.v1.Pause
+	18, // 20: sluice.rollout.v1.CanaryStep.set_header_route:type_name -> sluice.rollout.v1.HeaderRoute
+	12, // 21: sluice.rollout.v1.CanaryStep.analysis:type_name -> sluice.rollout.v1.AnalysisStep
+	47, // 22: sluice.rollout.v1.CanaryStep.progress_deadline:type_name -> google.protobuf.Duration
+	47, // 23: sluice.rollout.v1.Pause.duration:type_name -> google.protobuf.Duration
+	17, // 24: sluice.rollout.v1.HeaderRoute.match:type_name -> sluice.rollout.v1.Match
+	0,  // 25: sluice.rollout.v1.RolloutStatus.phase:type_name -> sluice.rollout.v1.Phase
+	18, // 26: sluice.rollout.v1.RolloutStatus.header_routes:type_name -> sluice.rollout.v1.HeaderRoute
+	48, // 27: sluice.rollout.v1.RolloutStatus.pause_until:type_name -> google.protobuf.Timestamp
+	48, // 28: sluice.rollout.v1.RolloutStatus.created_at:type_name -> google.protobuf.Timestamp
+	48, // 29: sluice.rollout.v1.RolloutStatus.updated_at:type_name -> google.protobuf.Timestamp
+	48, // 30: sluice.rollout.v1.RolloutStatus.finished_at:type_name -> google.protobuf.Timestamp
+	21, // 31: sluice.rollout.v1.RolloutStatus.analysis_runs:type_name -> sluice.rollout.v1.AnalysisRunStatus
+	1,  // 32: sluice.rollout.v1.AnalysisRunStatus.phase:type_name -> sluice.rollout.v1.RunPhase
+	48, // 33: sluice.rollout.v1.AnalysisRunStatus.started_at:type_name -> google.protobuf.Timestamp
+	48, // 34: sluice.rollout.v1.AnalysisRunStatus.finished_at:type_name -> google.protobuf.Timestamp
+	1,  // 35: sluice.rollout.v1.MetricResult.phase:type_name -> sluice.rollout.v1.RunPhase
+	1,  // 36: sluice.rollout.v1.Measurement.phase:type_name -> sluice.rollout.v1.RunPhase
+	48, // 37: sluice.rollout.v1.Measurement.start:type_name -> google.protobuf.Timestamp
+	48, // 38: sluice.rollout.v1.Measurement.end:type_name -> google.protobuf.Timestamp
+	21, // 39: sluice.rollout.v1.AnalysisRun.status:type_name -> sluice.rollout.v1.AnalysisRunStatus
+	22, // 40: sluice.rollout.v1.AnalysisRun.metrics:type_name -> sluice.rollout.v1.MetricResult
+	23, // 41: sluice.rollout.v1.AnalysisRun.measurements:type_name -> sluice.rollout.v1.Measurement
+	2,  // 42: sluice.rollout.v1.Rollout.spec:type_name -> sluice.rollout.v1.RolloutSpec
+	20, // 43: sluice.rollout.v1.Rollout.status:type_name -> sluice.rollout.v1.RolloutStatus
+	2,  // 44: sluice.rollout.v1.CreateRolloutRequest.spec:type_name -> sluice.rollout.v1.RolloutSpec
+	25, // 45: sluice.rollout.v1.CreateRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	25, // 46: sluice.rollout.v1.GetRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	0,  // 47: sluice.rollout.v1.ListRolloutsRequest.phase:type_name -> sluice.rollout.v1.Phase
+	25, // 48: sluice.rollout.v1.ListRolloutsResponse.rollouts:type_name -> sluice.rollout.v1.Rollout
+	25, // 49: sluice.rollout.v1.WatchRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	25, // 50: sluice.rollout.v1.PauseRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	25, // 51: sluice.rollout.v1.ResumeRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	25, // 52: sluice.rollout.v1.PromoteRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	25, // 53: sluice.rollout.v1.AbortRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	24, // 54: sluice.rollout.v1.ListAnalysisRunsResponse.runs:type_name -> sluice.rollout.v1.AnalysisRun
+	24, // 55: sluice.rollout.v1.GetAnalysisRunResponse.run:type_name -> sluice.rollout.v1.AnalysisRun
+	26, // 56: sluice.rollout.v1.RolloutService.CreateRollout:input_type -> sluice.rollout.v1.CreateRolloutRequest
+	28, // 57: sluice.rollout.v1.RolloutService.GetRollout:input_type -> sluice.rollout.v1.GetRolloutRequest
+	30, // 58: sluice.rollout.v1.RolloutService.ListRollouts:input_type -> sluice.rollout.v1.ListRolloutsRequest
+	32, // 59: sluice.rollout.v1.RolloutService.WatchRollout:input_type -> sluice.rollout.v1.WatchRolloutRequest
+	34, // 60: sluice.rollout.v1.RolloutService.PauseRollout:input_type -> sluice.rollout.v1.PauseRolloutRequest
+	36, // 61: sluice.rollout.v1.RolloutService.ResumeRollout:input_type -> sluice.rollout.v1.ResumeRolloutRequest
+	38, // 62: sluice.rollout.v1.RolloutService.PromoteRollout:input_type -> sluice.rollout.v1.PromoteRolloutRequest
+	40, // 63: sluice.rollout.v1.RolloutService.AbortRollout:input_type -> sluice.rollout.v1.AbortRolloutRequest
+	42, // 64: sluice.rollout.v1.RolloutService.ListAnalysisRuns:input_type -> sluice.rollout.v1.ListAnalysisRunsRequest
+	44, // 65: sluice.rollout.v1.RolloutService.GetAnalysisRun:input_type -> sluice.rollout.v1.GetAnalysisRunRequest
+	27, // 66: sluice.rollout.v1.RolloutService.CreateRollout:output_type -> sluice.rollout.v1.CreateRolloutResponse
+	29, // 67: sluice.rollout.v1.RolloutService.GetRollout:output_type -> sluice.rollout.v1.GetRolloutResponse
+	31, // 68: sluice.rollout.v1.RolloutService.ListRollouts:output_type -> sluice.rollout.v1.ListRolloutsResponse
+	33, // 69: sluice.rollout.v1.RolloutService.WatchRollout:output_type -> sluice.rollout.v1.WatchRolloutResponse
+	35, // 70: sluice.rollout.v1.RolloutService.PauseRollout:output_type -> sluice.rollout.v1.PauseRolloutResponse
+	37, // 71: sluice.rollout.v1.RolloutService.ResumeRollout:output_type -> sluice.rollout.v1.ResumeRolloutResponse
+	39, // 72: sluice.rollout.v1.RolloutService.PromoteRollout:output_type -> sluice.rollout.v1.PromoteRolloutResponse
+	41, // 73: sluice.rollout.v1.RolloutService.AbortRollout:output_type -> sluice.rollout.v1.AbortRolloutResponse
+	43, // 74: sluice.rollout.v1.RolloutService.ListAnalysisRuns:output_type -> sluice.rollout.v1.ListAnalysisRunsResponse
+	45, // 75: sluice.rollout.v1.RolloutService.GetAnalysisRun:output_type -> sluice.rollout.v1.GetAnalysisRunResponse
+	66, // [66:76] is the sub-list for method output_type
+	56, // [56:66] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_sluice_rollout_v1_rollout_proto_init() }
@@ -3540,32 +3676,33 @@ func file_sluice_rollout_v1_rollout_proto_init() {
 		(*MetricProvider_Builtin)(nil),
 		(*MetricProvider_Clickhouse)(nil),
 		(*MetricProvider_Prometheus)(nil),
+		(*MetricProvider_Judge)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[10].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[11].OneofWrappers = []any{
 		(*Strategy_Canary)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[12].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[13].OneofWrappers = []any{
 		(*CanaryStep_SetWeight)(nil),
 		(*CanaryStep_Pause)(nil),
 		(*CanaryStep_SetHeaderRoute)(nil),
 		(*CanaryStep_Analysis)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[14].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[15].OneofWrappers = []any{
 		(*Match_Header)(nil),
 		(*Match_Cookie)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[15].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[16].OneofWrappers = []any{
 		(*HeaderRoute_Exact)(nil),
 		(*HeaderRoute_Prefix)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[20].OneofWrappers = []any{}
+	file_sluice_rollout_v1_rollout_proto_msgTypes[21].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_rollout_v1_rollout_proto_rawDesc), len(file_sluice_rollout_v1_rollout_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   44,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
