@@ -251,7 +251,7 @@ func TestAbortDuringApplyIsNotLost(t *testing.T) {
 	st := Start(sp, t0)
 	st, d := Next(sp, st, t0)
 	st, _ = Abort(st, "", "bob", t0) // arrives while the step is being applied
-	st = Applied(sp, st, d, 3, t0)    // the step's apply completes
+	st = Applied(sp, st, d, 3, t0)   // the step's apply completes
 	if st.StepIndex != 0 {
 		t.Fatalf("step advanced to %d despite abort", st.StepIndex)
 	}

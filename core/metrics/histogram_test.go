@@ -51,7 +51,7 @@ func TestQuantileWithinTwoPercentOfExact(t *testing.T) {
 	var samples []time.Duration
 	h := Histogram{}
 	for i := 0; i < 100_000; i++ {
-		d := time.Duration(math.Exp(r.NormFloat64()*1.2+math.Log(float64(20*time.Millisecond))))
+		d := time.Duration(math.Exp(r.NormFloat64()*1.2 + math.Log(float64(20*time.Millisecond))))
 		samples = append(samples, d)
 		h.Observe(d)
 	}
