@@ -27,6 +27,7 @@ esac
 # --- system packages (Debian/Ubuntu) --------------------------------------
 pkgs=()
 command -v clickhouse-server >/dev/null 2>&1 || pkgs+=(clickhouse-server clickhouse-client)
+command -v prometheus >/dev/null 2>&1 || pkgs+=(prometheus)
 if [ "${1:-}" = bench ]; then
 	command -v nginx >/dev/null 2>&1 || pkgs+=(nginx-light)
 	command -v wrk >/dev/null 2>&1 || pkgs+=(wrk)

@@ -9,23 +9,65 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Prometheus runs a PromQL instant query at the window's end. In Query,
 // {{service}}, {{variant}}, {{rollout}} and {{window}} are replaced; values
 // are checked to be label-safe first, so a value cannot change the query's
 // structure. The query runs once for the candidate and once with
-// {{variant}} as the baseline. The result must be a single sample (a
-// scalar, or a vector of one element); an empty vector is NaN (no data).
+// {{variant}} as the baseline; both are rendered (and so checked) before
+// either is sent. The result must be a single sample (a scalar, or a vector
+// of one element); an empty vector is NaN (no data).
 type Prometheus struct {
 	Address string
 	Query   string
 	HTTP    *http.Client
 }
 
+// NewPrometheus returns the provider for a PromQL metric after checking
+// that the query uses only known placeholders, so that a typo is found when
+// the metric is set up rather than as an Error measurement. hc nil uses a
+// client with a 10s timeout.
+func NewPrometheus(address, query string, hc *http.Client) (*Prometheus, error) {
+	if err := checkPromPlaceholders(query); err != nil {
+		return nil, err
+	}
+	if hc == nil {
+		hc = &http.Client{Timeout: 10 * time.Second}
+	}
+	return &Prometheus{Address: address, Query: query, HTTP: hc}, nil
+}
+
+// promPlaceholders are the names Prometheus queries may use, in the order
+// they are checked and replaced.
+var promPlaceholders = []string{"service", "variant", "rollout", "window"}
+
 var labelSafe = regexp.MustCompile(`^[A-Za-z0-9_.:@/-]*$`)
+
+// checkPromPlaceholders reports the first {{...}} in query that is not a
+// known placeholder, or is not closed.
+func checkPromPlaceholders(query string) error {
+	rest := query
+	for {
+		i := strings.Index(rest, "{{")
+		if i < 0 {
+			return nil
+		}
+		j := strings.Index(rest[i:], "}}")
+		if j < 0 {
+			return fmt.Errorf("unclosed placeholder in query at %q", rest[i:])
+		}
+		name := rest[i+2 : i+j]
+		if !slices.Contains(promPlaceholders, name) {
+			return fmt.Errorf("unknown placeholder {{%s}}: use {{service}}, {{variant}}, {{rollout}} or {{window}}", name)
+		}
+		rest = rest[i+j+2:]
+	}
+}
 
 func (p *Prometheus) render(q Query, variant string) (string, error) {
 	vals := map[string]string{
@@ -35,11 +77,16 @@ func (p *Prometheus) render(q Query, variant string) (string, error) {
 		"window":  strconv.Itoa(int(q.Window().Seconds())) + "s",
 	}
 	out := p.Query
-	for k, v := range vals {
-		if !labelSafe.MatchString(v) {
-			return "", fmt.Errorf("value %q for {{%s}} is not label-safe", v, k)
+	for _, k := range promPlaceholders {
+		ph := "{{" + k + "}}"
+		if !strings.Contains(out, ph) {
+			continue
 		}
-		out = strings.ReplaceAll(out, "{{"+k+"}}", v)
+		v := vals[k]
+		if !labelSafe.MatchString(v) {
+			return "", fmt.Errorf("value %q for {{%s}} is not label-safe (allowed: letters, digits and _.:@/-)", v, k)
+		}
+		out = strings.ReplaceAll(out, ph, v)
 	}
 	if i := strings.Index(out, "{{"); i >= 0 {
 		return "", fmt.Errorf("unknown placeholder at %q", out[i:])
@@ -47,25 +94,30 @@ func (p *Prometheus) render(q Query, variant string) (string, error) {
 	return out, nil
 }
 
-// Measure implements Provider.
+// Measure implements Provider. Both queries are rendered before either is
+// sent: a value that is not label-safe is an error before any request.
 func (p *Prometheus) Measure(ctx context.Context, q Query) (Result, error) {
-	v, err := p.instant(ctx, q, q.Candidate)
+	cand, err := p.render(q, q.Candidate)
 	if err != nil {
 		return Result{}, err
 	}
-	b, err := p.instant(ctx, q, q.Baseline)
+	base, err := p.render(q, q.Baseline)
+	if err != nil {
+		return Result{}, fmt.Errorf("baseline: %w", err)
+	}
+	v, err := p.instant(ctx, cand, q.End)
+	if err != nil {
+		return Result{}, err
+	}
+	b, err := p.instant(ctx, base, q.End)
 	if err != nil {
 		return Result{}, fmt.Errorf("baseline: %w", err)
 	}
 	return Result{Value: v, Baseline: b, Samples: -1, Explain: fmt.Sprintf("PromQL gave %.6g vs stable %.6g at %s", v, b, q.End.UTC().Format("15:04:05"))}, nil
 }
 
-func (p *Prometheus) instant(ctx context.Context, q Query, variant string) (float64, error) {
-	expr, err := p.render(q, variant)
-	if err != nil {
-		return 0, err
-	}
-	form := url.Values{"query": {expr}, "time": {strconv.FormatInt(q.End.Unix(), 10)}}
+func (p *Prometheus) instant(ctx context.Context, expr string, at time.Time) (float64, error) {
+	form := url.Values{"query": {expr}, "time": {strconv.FormatInt(at.Unix(), 10)}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(p.Address, "/")+"/api/v1/query", strings.NewReader(form.Encode()))
 	if err != nil {
 		return 0, err

@@ -57,7 +57,9 @@ type Deps struct {
 	HTTP       *http.Client
 }
 
-// New returns the provider for a metric's provider spec.
+// New returns the provider for a metric's provider spec. An unknown builtin,
+// a spec with no kind, a missing dependency or a query with an unknown
+// placeholder is an error, and the Provider is then nil.
 func New(p rollout.MetricProvider, d Deps) (Provider, error) {
 	switch {
 	case p.Builtin != "":
@@ -73,13 +75,17 @@ func New(p rollout.MetricProvider, d Deps) (Provider, error) {
 		if d.ClickHouse == nil {
 			return nil, fmt.Errorf("clickhouse metric needs ClickHouse")
 		}
-		return NewSQL(p.ClickHouse.Query, d.ClickHouse)
-	case p.Prometheus != nil:
-		hc := d.HTTP
-		if hc == nil {
-			hc = &http.Client{Timeout: 10 * time.Second}
+		s, err := NewSQL(p.ClickHouse.Query, d.ClickHouse)
+		if err != nil {
+			return nil, err // not a typed nil inside a non-nil Provider
 		}
-		return &Prometheus{Address: p.Prometheus.Address, Query: p.Prometheus.Query, HTTP: hc}, nil
+		return s, nil
+	case p.Prometheus != nil:
+		pr, err := NewPrometheus(p.Prometheus.Address, p.Prometheus.Query, d.HTTP)
+		if err != nil {
+			return nil, err
+		}
+		return pr, nil
 	}
 	return nil, fmt.Errorf("metric provider has no kind set")
 }
