@@ -303,3 +303,97 @@ func TestQuickModeIsDeterministicAndSane(t *testing.T) {
 		}
 	}
 }
+
+// tune must pick thresholds at which, on the tuning runs themselves, each
+// healthy scenario aborts at most 1 % of runs (Argo: 0.5 % per metric),
+// and they must be the tightest such thresholds.
+func TestTuneKeepsTuningRunsAtOnePercent(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 9))
+	const scenarios, runs = 3, 400
+	in := make([][]outcome, scenarios)
+	for s := range in {
+		for i := 0; i < runs; i++ {
+			var o outcome
+			for m := 0; m < 60; m++ {
+				o.argoErr = append(o.argoErr, 0.005+0.002*r.NormFloat64()*float64(s+1))
+				o.argoLat = append(o.argoLat, 0.16+0.01*r.NormFloat64())
+			}
+			for c := 0; c < 180; c++ {
+				o.flagErr = append(o.flagErr, r.Float64() < 0.05*float64(s+1))
+				o.flagLat = append(o.flagLat, 0.16+0.01*r.NormFloat64())
+			}
+			o.kayAbort = [][]int{make([]int, len(kayentaLevels)), make([]int, len(kayentaLevels))}
+			for c := range o.kayAbort {
+				for l := range o.kayAbort[c] {
+					o.kayAbort[c][l] = -1
+					if r.Float64() < 0.05/float64(l+1) {
+						o.kayAbort[c][l] = 100
+					}
+				}
+			}
+			in[s] = append(in[s], o)
+		}
+	}
+	tp := tune(in)
+	for s, scen := range in {
+		argoE, argoL, flag := 0, 0, 0
+		argoETight, flagTight := 0, 0
+		for _, o := range scen {
+			if kthLargest(o.argoErr, argoFailureLimit+1) > tp.argoErr {
+				argoE++
+			}
+			if kthLargest(o.argoErr, argoFailureLimit+1) >= tp.argoErr {
+				argoETight++
+			}
+			if kthLargest(o.argoLat, argoFailureLimit+1) > tp.argoLat {
+				argoL++
+			}
+			f := 0
+			for i, e := range o.flagErr {
+				if e || o.flagLat[i] > tp.flaggerLat {
+					f++
+				}
+			}
+			if f >= tp.flaggerThreshold {
+				flag++
+			}
+			if f >= tp.flaggerThreshold-1 {
+				flagTight++
+			}
+		}
+		if argoE > runs/200 || argoL > runs/200 {
+			t.Errorf("scenario %d: Argo aborts %d (errors) and %d (latency) of %d tuning runs, want <= %d each", s, argoE, argoL, runs, runs/200)
+		}
+		if flag > runs/100 {
+			t.Errorf("scenario %d: Flagger aborts %d of %d tuning runs, want <= %d", s, flag, runs, runs/100)
+		}
+		// the worst scenario sets the thresholds, so there they are tight
+		if s == scenarios-1 && (argoETight <= runs/200 || flagTight <= runs/100) {
+			t.Errorf("scenario %d: thresholds are not the tightest: %d runs at or above Argo's, %d at Flagger's threshold-1", s, argoETight, flagTight)
+		}
+	}
+	// Kayenta: the chosen level is the first at which every scenario
+	// aborts at most 1 % of runs, or the strictest when none does.
+	for c := range kayentaCadences {
+		want := len(kayentaLevels) - 1
+		for l := range kayentaLevels {
+			ok := true
+			for s := range in {
+				n := 0
+				for _, o := range in[s] {
+					if o.kayAbort[c][l] >= 0 {
+						n++
+					}
+				}
+				ok = ok && n <= runs/100
+			}
+			if ok {
+				want = l
+				break
+			}
+		}
+		if tp.kayentaLevel[c] != want {
+			t.Errorf("cadence %d: tuned level index %d, want %d", c, tp.kayentaLevel[c], want)
+		}
+	}
+}
