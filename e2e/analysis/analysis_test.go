@@ -284,3 +284,40 @@ func scrapeCounter(url, name string) (int, error) {
 	}
 	return int(sum), nil
 }
+
+func TestSequentialJudgeAbortsFaultyCandidate(t *testing.T) {
+	s := startStack(t)
+	stop := generate(s, 200)
+	defer stop()
+	time.Sleep(3 * time.Second) // stable traffic before the run: the judge's latency baseline
+	spec := &rolloutv1.RolloutSpec{
+		Id: "judged", Service: "demo", StableRevision: stack.StableRevision, CandidateRevision: stack.FaultyRevision, CreatedBy: "e2e",
+		Analysis: &rolloutv1.Analysis{
+			Templates: []*rolloutv1.AnalysisTemplate{{Name: "judge", Metrics: []*rolloutv1.Metric{{
+				Name: "judge",
+				Provider: &rolloutv1.MetricProvider{Source: &rolloutv1.MetricProvider_Judge{Judge: &rolloutv1.SequentialJudge{
+					Kind: "sequential", Alpha: 0.01, LatencyQuantiles: []float64{0.99}, LatencyTolerance: 0.5,
+				}}},
+			}}}},
+			Background: &rolloutv1.BackgroundAnalysis{Templates: []string{"judge"}},
+		},
+		Strategy: &rolloutv1.Strategy{Strategy: &rolloutv1.Strategy_Canary{Canary: &rolloutv1.CanaryStrategy{
+			Steps: []*rolloutv1.CanaryStep{
+				{Step: &rolloutv1.CanaryStep_SetWeight{SetWeight: 20}},
+				{Step: &rolloutv1.CanaryStep_Pause{Pause: &rolloutv1.Pause{}}},
+			},
+		}}},
+	}
+	if _, err := s.Rollouts().CreateRollout(context.Background(), connect.NewRequest(&rolloutv1.CreateRolloutRequest{Spec: spec})); err != nil {
+		t.Fatal(err)
+	}
+	r := waitEnd(t, s, "judged", 60*time.Second)
+	st := r.GetStatus()
+	if st.GetPhase() != rolloutv1.Phase_PHASE_ABORTED || st.GetAbortedBy() != "analysis" {
+		t.Fatalf("ended %s by %q: %s", st.GetPhase(), st.GetAbortedBy(), st.GetMessage())
+	}
+	if !strings.Contains(st.GetReason(), "judge failed") || strings.Contains(st.GetReason(), "cannot measure") {
+		t.Errorf("reason %q is not the judge establishing a regression", st.GetReason())
+	}
+	t.Logf("judge: %s", st.GetReason())
+}

@@ -102,6 +102,7 @@ func run() error {
 	reg := ops.Registry()
 	engine := &evaluate.Engine{
 		Store:    ch,
+		Rows:     ch,
 		Verdicts: &verdict.Temporal{Client: tc},
 		Providers: func(p corerollout.MetricProvider) (provider.Provider, error) {
 			return provider.New(p, provider.Deps{ClickHouse: ch})

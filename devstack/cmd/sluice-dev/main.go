@@ -105,10 +105,15 @@ func sloTemplate() *rolloutv1.Analysis {
 			metric("p99", &rolloutv1.BuiltinMetric{Name: "latency-quantile", Quantile: 0.99}, "result < 0.030 || result <= baseline * 1.5"),
 		}
 	}
+	// The background watch adds the sequential judge: candidate vs stable
+	// errors and p99 every second, false-abort budget 1 %.
+	watch := append(metrics(0), &rolloutv1.Metric{Name: "judge", Provider: &rolloutv1.MetricProvider{Source: &rolloutv1.MetricProvider_Judge{
+		Judge: &rolloutv1.SequentialJudge{Kind: "sequential", Alpha: 0.01, LatencyQuantiles: []float64{0.99}, LatencyTolerance: 0.5, BaselineWindow: durationpb.New(30 * time.Second)},
+	}}})
 	return &rolloutv1.Analysis{
 		Templates: []*rolloutv1.AnalysisTemplate{
 			{Name: "slo", Metrics: metrics(3)},
-			{Name: "slo-watch", Metrics: metrics(0)},
+			{Name: "slo-watch", Metrics: watch},
 		},
 		Background: &rolloutv1.BackgroundAnalysis{Templates: []string{"slo-watch"}, StartingStep: 1},
 	}
