@@ -118,6 +118,11 @@ func validateAnalysisExpressions(s corerollout.Spec) error {
 					fields = append(fields, corerollout.FieldError{Path: path + "." + c.name, Message: err.Error()})
 				}
 			}
+			if q := m.Provider.Prometheus; q != nil {
+				if _, err := provider.NewPrometheus(q.Address, q.Query, nil); err != nil {
+					fields = append(fields, corerollout.FieldError{Path: path + ".provider.prometheus.query", Message: err.Error()})
+				}
+			}
 			if q := m.Provider.ClickHouse; q != nil {
 				if _, err := provider.NewSQL(q.Query, nil); err != nil {
 					fields = append(fields, corerollout.FieldError{Path: path + ".provider.clickhouse.query", Message: err.Error()})
