@@ -422,7 +422,9 @@ func (e *Engine) finish(rs *runState) {
 // measure takes one measurement ending at end (exclusive Unix second).
 func (e *Engine) measure(ctx context.Context, rs *runState, ms *metricState, end int64) analysis.Measurement {
 	start := end - int64(ms.spec.Window/time.Second)
-	if start < rs.start {
+	// Rows-based metrics never look before the run; PromQL gets its whole
+	// window, since rate() needs at least two scrapes inside it.
+	if start < rs.start && ms.spec.Provider.Prometheus == nil {
 		start = rs.start
 	}
 	q := provider.Query{
