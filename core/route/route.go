@@ -26,7 +26,9 @@ type Desired struct {
 	// Selector limits the agents that apply this state.
 	Selector map[string]string `json:"selector,omitempty"`
 	// Backends are the revisions and their weights in percent; weights sum
-	// to 100.
+	// to 100. Order is part of the contract: stable first, candidate
+	// second, so sticky hashing over cumulative weights only ever moves
+	// users from stable to candidate as the candidate's weight grows.
 	Backends []Backend `json:"backends"`
 	// HeaderRoutes pin matching requests to a revision whatever the weights;
 	// the first matching route wins.
@@ -34,6 +36,24 @@ type Desired struct {
 	// Sticky, when set, hashes this header or cookie to choose a revision so
 	// one user sees one revision while the weights stay put.
 	Sticky *Match `json:"sticky,omitempty"`
+	// Warm lists revisions agents keep running (and ready) without sending
+	// them traffic: blue during a blue-green scale-down delay, green before
+	// promotion when it has no preview route.
+	Warm []string `json:"warm,omitempty"`
+	// Agents overrides Backends for the named agents (rolling updates
+	// switch hosts batch by batch); agents not listed use Backends.
+	Agents map[string][]Backend `json:"agents,omitempty"`
+}
+
+// For returns the routing agent id applies: its override, if any, else
+// the service-wide backends, with the header routes, sticky and warm set.
+func (d Desired) For(agent string) Desired {
+	out := d
+	if b, ok := d.Agents[agent]; ok {
+		out.Backends = b
+	}
+	out.Agents = nil
+	return out
 }
 
 // Backend is one revision and its share of requests.
@@ -83,18 +103,42 @@ func (d Desired) Validate() error {
 	if d.Service == "" {
 		return fmt.Errorf("desired state has no service")
 	}
-	if len(d.Backends) == 0 {
-		return fmt.Errorf("desired state for %s has no backends", d.Service)
+	if err := validBackends(d.Service, "", d.Backends); err != nil {
+		return err
+	}
+	for a, b := range d.Agents {
+		if err := validBackends(d.Service, a, b); err != nil {
+			return err
+		}
+	}
+	for _, r := range d.HeaderRoutes {
+		if (r.Match.Header == "") == (r.Match.Cookie == "") {
+			return fmt.Errorf("desired state for %s: header route %q must match exactly one of a header or a cookie", d.Service, r.Name)
+		}
+		if (r.Exact == "") == (r.Prefix == "") {
+			return fmt.Errorf("desired state for %s: header route %q needs exactly one of exact or prefix", d.Service, r.Name)
+		}
+	}
+	return nil
+}
+
+func validBackends(service, agent string, bs []Backend) error {
+	where := service
+	if agent != "" {
+		where += " on agent " + agent
+	}
+	if len(bs) == 0 {
+		return fmt.Errorf("desired state for %s has no backends", where)
 	}
 	var sum int32
-	for _, b := range d.Backends {
+	for _, b := range bs {
 		if b.Weight < 0 || b.Weight > 100 {
-			return fmt.Errorf("desired state for %s: weight %d of %s out of range", d.Service, b.Weight, b.Revision)
+			return fmt.Errorf("desired state for %s: weight %d of %s out of range", where, b.Weight, b.Revision)
 		}
 		sum += b.Weight
 	}
 	if sum != 100 {
-		return fmt.Errorf("desired state for %s: weights sum to %d, want 100", d.Service, sum)
+		return fmt.Errorf("desired state for %s: weights sum to %d, want 100", where, sum)
 	}
 	return nil
 }
@@ -109,11 +153,20 @@ func (d Desired) WeightOf(rev string) int32 {
 	return 0
 }
 
-// Revisions lists the revisions the state refers to, sorted and unique.
+// Revisions lists the revisions the state refers to (backends of every
+// agent, header routes, warm), sorted and unique.
 func (d Desired) Revisions() []string {
 	set := map[string]bool{}
 	for _, b := range d.Backends {
 		set[b.Revision] = true
+	}
+	for _, bs := range d.Agents {
+		for _, b := range bs {
+			set[b.Revision] = true
+		}
+	}
+	for _, r := range d.Warm {
+		set[r] = true
 	}
 	for _, r := range d.HeaderRoutes {
 		set[r.Revision] = true

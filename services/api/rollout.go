@@ -12,7 +12,7 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/sluicehq/sluice/core/canary"
+	"github.com/sluicehq/sluice/core/strategy"
 	corerollout "github.com/sluicehq/sluice/core/rollout"
 	rolloutv1 "github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1"
 	"github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1/rolloutv1connect"
@@ -115,7 +115,7 @@ func (h *RolloutHandler) CreateRollout(ctx context.Context, req *connect.Request
 	case err != nil:
 		return nil, h.unavailable("start rollout", err)
 	}
-	rec := corerollout.Record{Spec: spec, SpecHash: hash, Status: canary.Start(spec, h.now())}
+	rec := corerollout.Record{Spec: spec, SpecHash: hash, Status: strategy.Start(spec, h.now())}
 	if err := h.Records.CreateRecord(ctx, rec); err != nil && !errors.Is(err, store.ErrExists) {
 		h.Log.Warn("create projection record; the workflow will publish it", "rollout", spec.ID, "error", err)
 	}

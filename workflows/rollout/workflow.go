@@ -8,7 +8,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
-	"github.com/sluicehq/sluice/core/canary"
+	"github.com/sluicehq/sluice/core/strategy"
 	corerollout "github.com/sluicehq/sluice/core/rollout"
 )
 
@@ -64,7 +64,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if in.Status != nil {
 		st = *in.Status
 	} else {
-		st = canary.Start(spec, workflow.Now(ctx))
+		st = strategy.Start(spec, workflow.Now(ctx))
 	}
 	record := func() corerollout.Record {
 		return corerollout.Record{Spec: spec, SpecHash: spec.Hash(), Status: st}
@@ -98,21 +98,21 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}
 	err := errors.Join(
 		register(UpdatePause, func(ControlRequest) event {
-			return func(s corerollout.Status, now time.Time) (corerollout.Status, error) { return canary.Pause(s, now) }
+			return func(s corerollout.Status, now time.Time) (corerollout.Status, error) { return strategy.Pause(s, now) }
 		}),
 		register(UpdateResume, func(ControlRequest) event {
 			return func(s corerollout.Status, now time.Time) (corerollout.Status, error) {
-				return canary.Resume(spec, s, now)
+				return strategy.Resume(spec, s, now)
 			}
 		}),
 		register(UpdatePromote, func(r ControlRequest) event {
 			return func(s corerollout.Status, now time.Time) (corerollout.Status, error) {
-				return canary.Promote(spec, s, r.Full, now)
+				return strategy.Promote(spec, s, r.Full, now)
 			}
 		}),
 		register(UpdateAbort, func(r ControlRequest) event {
 			return func(s corerollout.Status, now time.Time) (corerollout.Status, error) {
-				return canary.Abort(s, r.Reason, r.Actor, now)
+				return strategy.Abort(s, r.Reason, r.Actor, now)
 			}
 		}),
 	)
@@ -125,7 +125,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if workflow.GetVersion(ctx, VersionAnalysis, workflow.DefaultVersion, 1) >= 1 {
 		err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateVerdict,
 			func(ctx workflow.Context, req VerdictRequest) (corerollout.Record, error) {
-				next, err := canary.Verdict(st, req.RunID, req.Phase, req.Message, workflow.Now(ctx))
+				next, err := strategy.Verdict(st, req.RunID, req.Phase, req.Message, workflow.Now(ctx))
 				if err != nil {
 					return record(), temporal.NewApplicationError(err.Error(), ErrTypeRefused)
 				}
@@ -136,7 +136,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 				if req.RolloutID != spec.ID {
 					return temporal.NewApplicationError(fmt.Sprintf("rollout %q: %v (active: %q)", req.RolloutID, ErrWrongRollout, spec.ID), ErrTypeRefused)
 				}
-				if _, err := canary.Verdict(st, req.RunID, req.Phase, req.Message, workflow.Now(ctx)); err != nil {
+				if _, err := strategy.Verdict(st, req.RunID, req.Phase, req.Message, workflow.Now(ctx)); err != nil {
 					return temporal.NewApplicationError(err.Error(), ErrTypeRefused)
 				}
 				return nil
@@ -166,16 +166,16 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 
 	for {
 		now := workflow.Now(ctx)
-		var d canary.Decision
-		st, d = canary.Next(spec, st, now)
+		var d strategy.Decision
+		st, d = strategy.Next(spec, st, now)
 		publish()
 		switch d.Kind {
-		case canary.Done:
+		case strategy.Done:
 			if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
 				return Result{Record: record()}, err
 			}
 			return Result{Record: record()}, nil
-		case canary.Wait:
+		case strategy.Wait:
 			v := st.Version
 			changed := func() bool { return st.Version != v }
 			if d.Until.IsZero() {
@@ -185,18 +185,18 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 			} else if _, err := workflow.AwaitWithTimeout(ctx, d.Until.Sub(now), changed); err != nil {
 				return Result{Record: record()}, err
 			}
-		case canary.Apply:
+		case strategy.Apply:
 			res, err := apply(ctx, d, func() bool {
-				return st.Aborting && (d.Intent == canary.IntentStep || d.Intent == canary.IntentFinal)
+				return st.Aborting && (d.Intent == strategy.IntentStep || d.Intent == strategy.IntentFinal)
 			})
 			now = workflow.Now(ctx)
 			switch {
 			case err == nil:
-				st = canary.Applied(spec, st, d, res.Generation, now)
+				st = strategy.Applied(spec, st, d, res.Generation, now)
 			case temporal.IsCanceledError(err):
 				// An abort overtook this step; the next decision applies stable.
 			default:
-				st = canary.ApplyFailed(spec, st, d, failureReason(err), now)
+				st = strategy.ApplyFailed(spec, st, d, failureReason(err), now)
 			}
 		}
 		publish()
@@ -213,7 +213,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 // apply runs the ApplyDesired activity; when overtaken returns true while it
 // runs (an abort arrived), the activity is cancelled and a canceled error
 // returned at once.
-func apply(ctx workflow.Context, d canary.Decision, overtaken func() bool) (ApplyResult, error) {
+func apply(ctx workflow.Context, d strategy.Decision, overtaken func() bool) (ApplyResult, error) {
 	actx, cancel := workflow.WithCancel(ctx)
 	defer cancel()
 	actx = workflow.WithActivityOptions(actx, workflow.ActivityOptions{

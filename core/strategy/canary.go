@@ -1,4 +1,5 @@
-// Package canary decides, step by step, what a canary rollout does next.
+// Package strategy decides, step by step, what a rollout does next, for
+// every deployment strategy (canary, blue-green, rolling).
 //
 // Everything here is a pure function of (spec, status, now): Next says what
 // to do (apply a routing state and wait for agents to confirm it, wait for a
@@ -6,7 +7,7 @@
 // functions (Applied, ApplyFailed, Pause, Resume, Promote, Abort) return the
 // status after something happened. The workflow executes decisions through
 // activities and feeds the outcomes back; tests are plain tables.
-package canary
+package strategy
 
 import (
 	"errors"
