@@ -3,10 +3,13 @@ module github.com/sluicehq/sluice/flags
 go 1.26.0
 
 require (
+	connectrpc.com/connect v1.21.1
 	github.com/cucumber/godog v0.16.0
 	github.com/diegoholiveira/jsonlogic/v3 v3.9.1
+	github.com/sluicehq/sluice/proto v0.0.0
 	github.com/twmb/murmur3 v1.1.8
 	golang.org/x/mod v0.35.0
+	google.golang.org/protobuf v1.36.12
 )
 
 require (
@@ -18,3 +21,5 @@ require (
 	github.com/hashicorp/golang-lru v0.5.4 // indirect
 	github.com/spf13/pflag v1.0.10 // indirect
 )
+
+replace github.com/sluicehq/sluice/proto => ../proto
