@@ -456,6 +456,8 @@ func (l *Loop) handle(e jetstream.KeyValueEntry) {
 		log.Debug("desired state does not select this agent; ignored", "selector", route.FormatSelector(d.Selector))
 		return
 	}
+	// A rolling update routes each host on its own: keep this agent's view.
+	d = d.For(l.id)
 	if err := l.check(name, d); err != nil {
 		l.rejectLocked(s, rev, err)
 		return

@@ -35,10 +35,57 @@ type Spec struct {
 	Analysis *Analysis `json:"analysis,omitempty"`
 }
 
-// Strategy is a one-of: exactly one field is non-nil. Blue-green and rolling
-// strategies join Canary here.
+// Strategy is a one-of: exactly one field is non-nil.
 type Strategy struct {
-	Canary *Canary `json:"canary,omitempty"`
+	Canary    *Canary    `json:"canary,omitempty"`
+	BlueGreen *BlueGreen `json:"blueGreen,omitempty"`
+	Rolling   *Rolling   `json:"rolling,omitempty"`
+}
+
+// BlueGreen starts the new revision (green) beside the old one (blue) with
+// no production traffic, reachable through a preview route; after optional
+// pre-promotion analysis and a promotion gate, every agent flips to green in
+// one generation; blue stays warm for ScaleDownDelay, during which an abort
+// flips back at once.
+type BlueGreen struct {
+	// Preview routes matching requests to green before the flip; default
+	// header X-Sluice-Preview = "true".
+	Preview *HeaderRoute `json:"preview,omitempty"`
+	// AutoPromotion promotes without a person (default true).
+	AutoPromotion *bool `json:"autoPromotion,omitempty"`
+	// AutoPromotionDelay waits this long after green is ready (and its
+	// pre-promotion analysis passed) before flipping.
+	AutoPromotionDelay time.Duration `json:"autoPromotionDelay,omitempty"`
+	// PrePromotionAnalysis runs on preview traffic before the flip.
+	PrePromotionAnalysis *AnalysisStep `json:"prePromotionAnalysis,omitempty"`
+	// PostPromotionAnalysis runs after the flip; a failure flips back.
+	PostPromotionAnalysis *AnalysisStep `json:"postPromotionAnalysis,omitempty"`
+	// ScaleDownDelay keeps blue warm after the flip (default 30s).
+	ScaleDownDelay time.Duration `json:"scaleDownDelay,omitempty"`
+	// ProgressDeadline bounds each routing change (default 30s).
+	ProgressDeadline time.Duration `json:"progressDeadline,omitempty"`
+}
+
+// DefaultScaleDownDelay keeps blue warm after a flip.
+const DefaultScaleDownDelay = 30 * time.Second
+
+// DefaultPreview is the preview route of a blue-green rollout.
+var DefaultPreview = HeaderRoute{Name: "preview", Match: Match{Header: "X-Sluice-Preview"}, Exact: "true"}
+
+// Rolling switches hosts (agents) to the new revision in batches of at most
+// MaxUnavailable; on each host the new revision is ready before the old one
+// stops serving, so capacity never drops to zero on a switching host.
+type Rolling struct {
+	// MaxUnavailable is a count ("1") or a percentage of the selected hosts
+	// ("25%"), at least one host; default "1".
+	MaxUnavailable string `json:"maxUnavailable,omitempty"`
+	// Analysis gates each batch, if set.
+	Analysis *AnalysisStep `json:"analysis,omitempty"`
+	// PauseBetweenBatches waits after each batch (except the last).
+	PauseBetweenBatches time.Duration `json:"pauseBetweenBatches,omitempty"`
+	// ProgressDeadline bounds each batch (default 30s; the new revision
+	// must start and be ready within it).
+	ProgressDeadline time.Duration `json:"progressDeadline,omitempty"`
 }
 
 // Canary shifts a percentage of requests to the candidate step by step.

@@ -64,6 +64,12 @@ type Status struct {
 	FinishedAt time.Time `json:"finishedAt,omitempty"`
 	// Runs are the analysis runs started so far, oldest first.
 	Runs []AnalysisRun `json:"runs,omitempty"`
+	// Hosts are the agents a rolling update switches, in order; nil until
+	// they are discovered.
+	Hosts []string `json:"hosts,omitempty"`
+	// LastApply is how long the last routing change took to be confirmed
+	// by every selected agent (a blue-green flip's time across the fleet).
+	LastApply time.Duration `json:"lastApply,omitempty"`
 }
 
 // Run returns the run with the given id.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -98,8 +99,45 @@ func Validate(s Spec, prefix string) error {
 		n++
 		validateCanary(ve, p("strategy.canary"), s.Strategy.Canary, s.Analysis)
 	}
+	if bg := s.Strategy.BlueGreen; bg != nil {
+		n++
+		bp := p("strategy.blue_green")
+		if bg.Preview != nil {
+			checkMatch(ve, bp+".preview.match", bg.Preview.Match)
+			if (bg.Preview.Exact == "") == (bg.Preview.Prefix == "") {
+				ve.add(bp+".preview", "exactly one of exact or prefix must be set")
+			}
+		}
+		if bg.AutoPromotionDelay < 0 || bg.AutoPromotionDelay > MaxPause {
+			ve.add(bp+".auto_promotion_delay", "must be between 0 and %s, got %s", MaxPause, bg.AutoPromotionDelay)
+		}
+		if bg.ScaleDownDelay < 0 || bg.ScaleDownDelay > MaxPause {
+			ve.add(bp+".scale_down_delay", "must be between 0 and %s, got %s", MaxPause, bg.ScaleDownDelay)
+		}
+		if bg.PrePromotionAnalysis != nil {
+			validateAnalysisStep(ve, bp+".pre_promotion_analysis", bg.PrePromotionAnalysis, s.Analysis)
+		}
+		if bg.PostPromotionAnalysis != nil {
+			validateAnalysisStep(ve, bp+".post_promotion_analysis", bg.PostPromotionAnalysis, s.Analysis)
+		}
+		checkDeadline(ve, bp+".progress_deadline", bg.ProgressDeadline)
+	}
+	if ro := s.Strategy.Rolling; ro != nil {
+		n++
+		rp := p("strategy.rolling")
+		if _, _, err := ParseMaxUnavailable(ro.MaxUnavailable); err != nil {
+			ve.add(rp+".max_unavailable", "%v", err)
+		}
+		if ro.Analysis != nil {
+			validateAnalysisStep(ve, rp+".analysis", ro.Analysis, s.Analysis)
+		}
+		if ro.PauseBetweenBatches < 0 || ro.PauseBetweenBatches > MaxPause {
+			ve.add(rp+".pause_between_batches", "must be between 0 and %s, got %s", MaxPause, ro.PauseBetweenBatches)
+		}
+		checkDeadline(ve, rp+".progress_deadline", ro.ProgressDeadline)
+	}
 	if n != 1 {
-		ve.add(p("strategy"), "exactly one strategy must be set (canary)")
+		ve.add(p("strategy"), "exactly one strategy must be set (canary, blue_green or rolling), got %d", n)
 	}
 	if len(ve.Fields) == 0 {
 		return nil
@@ -341,4 +379,43 @@ func validateMetric(ve *ValidationError, mp string, m Metric) {
 	if m.MinSampleSize < 0 {
 		ve.add(mp+".min_sample_size", "must not be negative, got %d", m.MinSampleSize)
 	}
+}
+
+// ParseMaxUnavailable parses "N" or "P%". Empty means one host.
+func ParseMaxUnavailable(s string) (count int, percent int, err error) {
+	if s == "" {
+		return 1, 0, nil
+	}
+	if strings.HasSuffix(s, "%") {
+		p, err := strconv.Atoi(strings.TrimSuffix(s, "%"))
+		if err != nil || p < 1 || p > 100 {
+			return 0, 0, fmt.Errorf("must be a count or a percentage between 1%% and 100%%, got %q", s)
+		}
+		return 0, p, nil
+	}
+	c, err := strconv.Atoi(s)
+	if err != nil || c < 1 {
+		return 0, 0, fmt.Errorf("must be a count of at least 1 or a percentage, got %q", s)
+	}
+	return c, 0, nil
+}
+
+// BatchSize is the number of hosts switched at a time out of total:
+// MaxUnavailable as a count, or the percentage of total rounded down, and
+// always at least one.
+func (r *Rolling) BatchSize(total int) int {
+	c, p, err := ParseMaxUnavailable(r.MaxUnavailable)
+	if err != nil {
+		return 1
+	}
+	if p > 0 {
+		c = total * p / 100
+	}
+	if c < 1 {
+		c = 1
+	}
+	if c > total && total > 0 {
+		c = total
+	}
+	return c
 }

@@ -12,6 +12,7 @@ package strategy
 import (
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -33,6 +34,9 @@ const (
 	Wait
 	// Done: the rollout is over.
 	Done
+	// Discover: list the connected agents fronting the service that match
+	// the selector, then call Discovered (rolling updates).
+	Discover
 )
 
 // Intent says why an Apply decision was made.
@@ -69,7 +73,7 @@ func Start(spec rollout.Spec, now time.Time) rollout.Status {
 	return rollout.Status{
 		Phase:         rollout.PhasePending,
 		StepStartedAt: now,
-		Message:       fmt.Sprintf("created: %d steps from %s to %s", len(spec.Strategy.Canary.Steps), spec.StableRevision, spec.CandidateRevision),
+		Message:       fmt.Sprintf("created: %s from %s to %s", strategyName(spec), spec.StableRevision, spec.CandidateRevision),
 		CreatedAt:     now,
 		UpdatedAt:     now,
 		Version:       1,
@@ -80,8 +84,6 @@ func Start(spec rollout.Spec, now time.Time) rollout.Status {
 // idempotent: calling it again with its own output status and the same now
 // yields the same decision.
 func Next(spec rollout.Spec, st rollout.Status, now time.Time) (rollout.Status, Decision) {
-	c := spec.Strategy.Canary
-	n := len(c.Steps)
 	for {
 		switch {
 		case st.Phase.Terminal():
@@ -93,9 +95,12 @@ func Next(spec rollout.Spec, st rollout.Status, now time.Time) (rollout.Status, 
 			st = describe(st, rollout.PhaseProgressing, "aborting: "+st.Reason+"; returning every agent to 100% stable", now)
 			return withSeq(spec, st, Decision{Kind: Apply, Intent: IntentAbort, Step: st.StepIndex, Desired: stableState(spec), Deadline: AbortDeadline}, now)
 		case st.ManualPause:
-			st = describe(st, rollout.PhasePaused, fmt.Sprintf("%s: paused by an operator at %d%% candidate; resume or promote to continue", stepLabel(spec, st.StepIndex), st.CandidateWeight), now)
+			st = describe(st, rollout.PhasePaused, fmt.Sprintf("%s: paused by an operator at %d%% candidate; resume or promote to continue", stepLabel(spec, st, st.StepIndex), st.CandidateWeight), now)
 			return st, Decision{Kind: Wait}
-		case st.StepIndex >= n:
+		case spec.Strategy.Rolling != nil && st.Hosts == nil:
+			st = describe(st, rollout.PhaseProgressing, "finding the hosts to update", now)
+			return st, Decision{Kind: Discover}
+		case st.StepIndex >= StepCount(spec, st):
 			st = describe(st, rollout.PhaseProgressing, "promoting: 100% to candidate "+spec.CandidateRevision, now)
 			d := route.Desired{
 				Service:  spec.Service,
@@ -103,69 +108,98 @@ func Next(spec rollout.Spec, st rollout.Status, now time.Time) (rollout.Status, 
 				Selector: spec.Selector,
 				Backends: []route.Backend{{Revision: spec.CandidateRevision, Weight: 100}},
 			}
-			return withSeq(spec, st, Decision{Kind: Apply, Intent: IntentFinal, Step: n, Desired: d, Deadline: c.Deadline(n)}, now)
+			return withSeq(spec, st, Decision{Kind: Apply, Intent: IntentFinal, Step: st.StepIndex, Desired: d, Deadline: deadline(spec, st.StepIndex)}, now)
 		}
 		if bg := spec.Analysis.Background(); bg != nil && st.StepIndex >= bg.StartingStep && !hasRun(st, rollout.RunKindBackground, -1) {
 			st = startRun(spec, st, rollout.RunKindBackground, -1, bg.Templates, now)
 			continue
 		}
-		i := st.StepIndex
-		step := c.Steps[i]
+		var d Decision
+		var ret bool
 		switch {
-		case step.Analysis != nil:
-			run, ok := latestRun(st, i)
-			switch {
-			case !ok:
-				st = startRun(spec, st, rollout.RunKindStep, i, step.Analysis.Templates, now)
-				continue
-			case run.Phase == rollout.RunSuccessful:
-				st = advance(st, now)
-				continue
-			case run.Phase == rollout.RunFailed || run.Phase == rollout.RunError:
-				// The verdict normally sets Aborting itself; this covers a
-				// status carried over without it.
-				st.Aborting, st.Reason, st.AbortedBy = true, "analysis run "+run.ID+" failed: "+run.Message, "analysis"
-				st.Version++
-				continue
-			case run.Phase == rollout.RunInconclusive && step.Analysis.OnInconclusive == rollout.OnInconclusiveRetry:
-				st = startRun(spec, st, rollout.RunKindStep, i, step.Analysis.Templates, now)
-				continue
-			case run.Phase == rollout.RunInconclusive:
-				st = describe(st, rollout.PhasePaused, fmt.Sprintf("%s: analysis run %s inconclusive (%s); promote to continue, resume to run it again, or abort", stepLabel(spec, i), run.ID, run.Message), now)
-				return st, Decision{Kind: Wait}
-			default:
-				st = describe(st, rollout.PhaseProgressing, fmt.Sprintf("%s: analysis run %s measuring %s at %d%% candidate", stepLabel(spec, i), run.ID, strings.Join(run.Templates, ", "), st.CandidateWeight), now)
-				return st, Decision{Kind: Wait}
-			}
-		case step.SetWeight != nil:
-			w := *step.SetWeight
-			st = describe(st, rollout.PhaseProgressing, fmt.Sprintf("%s: setting candidate weight to %d%%", stepLabel(spec, i), w), now)
-			return withSeq(spec, st, Decision{Kind: Apply, Intent: IntentStep, Step: i, Desired: canaryState(spec, w, st.HeaderRoutes), Deadline: c.Deadline(i)}, now)
-		case step.SetHeaderRoute != nil:
-			routes := upsertRoute(st.HeaderRoutes, *step.SetHeaderRoute)
-			hr := step.SetHeaderRoute
-			st = describe(st, rollout.PhaseProgressing, fmt.Sprintf("%s: routing requests with %s %s to the candidate", stepLabel(spec, i), hr.Match, matchText(*hr)), now)
-			return withSeq(spec, st, Decision{Kind: Apply, Intent: IntentStep, Step: i, Desired: canaryState(spec, st.CandidateWeight, routes), Deadline: c.Deadline(i)}, now)
-		case step.Pause != nil && step.Pause.Duration > 0:
-			until := st.StepStartedAt.Add(step.Pause.Duration)
-			if !now.Before(until) {
-				st = advance(st, now)
-				continue
-			}
-			st.PauseUntil = until
-			st = describe(st, rollout.PhasePaused, fmt.Sprintf("%s: paused for %s at %d%% candidate, until %s", stepLabel(spec, i), step.Pause.Duration, st.CandidateWeight, until.UTC().Format(time.RFC3339)), now)
-			return st, Decision{Kind: Wait, Until: until}
-		default: // indefinite pause
-			st = describe(st, rollout.PhasePaused, fmt.Sprintf("%s: paused at %d%% candidate until promoted", stepLabel(spec, i), st.CandidateWeight), now)
-			return st, Decision{Kind: Wait}
+		case spec.Strategy.BlueGreen != nil:
+			st, d, ret = blueGreenStep(spec, st, now)
+		case spec.Strategy.Rolling != nil:
+			st, d, ret = rollingStep(spec, st, now)
+		default:
+			st, d, ret = canaryStep(spec, st, now)
 		}
+		if ret {
+			return st, d
+		}
+	}
+}
+
+// canaryStep carries out canary step st.StepIndex. ret is false when the
+// status changed and Next must look again.
+func canaryStep(spec rollout.Spec, st rollout.Status, now time.Time) (rollout.Status, Decision, bool) {
+	c := spec.Strategy.Canary
+	i := st.StepIndex
+	step := c.Steps[i]
+	switch {
+	case step.Analysis != nil:
+		return analysisGate(spec, st, i, step.Analysis, now)
+	case step.SetWeight != nil:
+		w := *step.SetWeight
+		st = describe(st, rollout.PhaseProgressing, fmt.Sprintf("%s: setting candidate weight to %d%%", stepLabel(spec, st, i), w), now)
+		st, d := withSeq(spec, st, Decision{Kind: Apply, Intent: IntentStep, Step: i, Desired: canaryState(spec, w, st.HeaderRoutes), Deadline: c.Deadline(i)}, now)
+		return st, d, true
+	case step.SetHeaderRoute != nil:
+		routes := upsertRoute(st.HeaderRoutes, *step.SetHeaderRoute)
+		hr := step.SetHeaderRoute
+		st = describe(st, rollout.PhaseProgressing, fmt.Sprintf("%s: routing requests with %s %s to the candidate", stepLabel(spec, st, i), hr.Match, matchText(*hr)), now)
+		st, d := withSeq(spec, st, Decision{Kind: Apply, Intent: IntentStep, Step: i, Desired: canaryState(spec, st.CandidateWeight, routes), Deadline: c.Deadline(i)}, now)
+		return st, d, true
+	case step.Pause != nil && step.Pause.Duration > 0:
+		return timedWait(spec, st, i, step.Pause.Duration, "paused", now)
+	default: // indefinite pause
+		st = describe(st, rollout.PhasePaused, fmt.Sprintf("%s: paused at %d%% candidate until promoted", stepLabel(spec, st, i), st.CandidateWeight), now)
+		return st, Decision{Kind: Wait}, true
+	}
+}
+
+// timedWait waits d from the step's start, then advances.
+func timedWait(spec rollout.Spec, st rollout.Status, i int, d time.Duration, what string, now time.Time) (rollout.Status, Decision, bool) {
+	until := st.StepStartedAt.Add(d)
+	if !now.Before(until) {
+		return advance(st, now), Decision{}, false
+	}
+	st.PauseUntil = until
+	st = describe(st, rollout.PhasePaused, fmt.Sprintf("%s: %s for %s at %d%% candidate, until %s", stepLabel(spec, st, i), what, d, st.CandidateWeight, until.UTC().Format(time.RFC3339)), now)
+	return st, Decision{Kind: Wait, Until: until}, true
+}
+
+// analysisGate runs an analysis step: start a run, wait for its verdict,
+// pass on success; failure aborts (through the verdict); inconclusive
+// pauses or retries.
+func analysisGate(spec rollout.Spec, st rollout.Status, i int, step *rollout.AnalysisStep, now time.Time) (rollout.Status, Decision, bool) {
+	run, ok := latestRun(st, i)
+	switch {
+	case !ok:
+		return startRun(spec, st, rollout.RunKindStep, i, step.Templates, now), Decision{}, false
+	case run.Phase == rollout.RunSuccessful:
+		return advance(st, now), Decision{}, false
+	case run.Phase == rollout.RunFailed || run.Phase == rollout.RunError:
+		// The verdict normally sets Aborting itself; this covers a status
+		// carried over without it.
+		st.Aborting, st.Reason, st.AbortedBy = true, "analysis run "+run.ID+" failed: "+run.Message, "analysis"
+		st.Version++
+		return st, Decision{}, false
+	case run.Phase == rollout.RunInconclusive && step.OnInconclusive == rollout.OnInconclusiveRetry:
+		return startRun(spec, st, rollout.RunKindStep, i, step.Templates, now), Decision{}, false
+	case run.Phase == rollout.RunInconclusive:
+		st = describe(st, rollout.PhasePaused, fmt.Sprintf("%s: analysis run %s inconclusive (%s); promote to continue, resume to run it again, or abort", stepLabel(spec, st, i), run.ID, run.Message), now)
+		return st, Decision{Kind: Wait}, true
+	default:
+		st = describe(st, rollout.PhaseProgressing, fmt.Sprintf("%s: analysis run %s measuring %s at %d%% candidate", stepLabel(spec, st, i), run.ID, strings.Join(run.Templates, ", "), st.CandidateWeight), now)
+		return st, Decision{Kind: Wait}, true
 	}
 }
 
 // Applied records that every selected agent confirmed d at generation gen.
 func Applied(spec rollout.Spec, st rollout.Status, d Decision, gen uint64, now time.Time) rollout.Status {
 	st.Generation = gen
-	st.CandidateWeight = d.Desired.WeightOf(spec.CandidateRevision)
+	st.CandidateWeight = candidateWeight(spec, st, d.Desired)
 	st.HeaderRoutes = requestMatches(d.Desired.HeaderRoutes)
 	switch d.Intent {
 	case IntentFail:
@@ -204,10 +238,35 @@ func ApplyFailed(spec rollout.Spec, st rollout.Status, d Decision, reason string
 		st.UpdatedAt = now
 		return st
 	}
-	st.Failing = fmt.Sprintf("%s: %s", stepLabel(spec, d.Step), reason)
+	st.Failing = fmt.Sprintf("%s: %s", stepLabel(spec, st, d.Step), reason)
 	st.Version++
 	st.UpdatedAt = now
 	return st
+}
+
+// Discovered records the hosts (agent ids) a rolling update will switch,
+// in the order it will switch them. No hosts fails the rollout.
+func Discovered(st rollout.Status, hosts []string, now time.Time) rollout.Status {
+	if len(hosts) == 0 {
+		st.Failing = "no connected agent fronts the service with labels matching the selector"
+	}
+	st.Hosts = append([]string{}, hosts...)
+	sort.Strings(st.Hosts)
+	st.Version++
+	st.UpdatedAt = now
+	return st
+}
+
+func strategyName(spec rollout.Spec) string {
+	switch {
+	case spec.Strategy.BlueGreen != nil:
+		return "blue-green"
+	case spec.Strategy.Rolling != nil:
+		return "rolling update"
+	case spec.Strategy.Canary != nil:
+		return fmt.Sprintf("canary of %d steps", len(spec.Strategy.Canary.Steps))
+	}
+	return "rollout"
 }
 
 // Verdict records the analysis worker's verdict on a run. A failed run
@@ -289,11 +348,14 @@ func Promote(spec rollout.Spec, st rollout.Status, full bool, now time.Time) (ro
 	if err := active(st, "promote"); err != nil {
 		return st, err
 	}
-	n := len(spec.Strategy.Canary.Steps)
+	n := StepCount(spec, st)
 	st.ManualPause = false
 	switch {
 	case full:
 		st.StepIndex = n
+		if spec.Strategy.Rolling != nil && st.Hosts == nil {
+			st.StepIndex = 1 << 20 // past every batch, whatever the hosts
+		}
 		st.StepStartedAt = now
 		st.PauseUntil = time.Time{}
 	case st.StepIndex < n:
@@ -441,12 +503,49 @@ func matchText(m rollout.HeaderRoute) string {
 	return fmt.Sprintf("starting with %q", m.Prefix)
 }
 
-func stepLabel(spec rollout.Spec, i int) string {
-	n := len(spec.Strategy.Canary.Steps)
+func stepLabel(spec rollout.Spec, st rollout.Status, i int) string {
+	n := StepCount(spec, st)
 	if i >= n {
 		return "promotion"
 	}
+	switch {
+	case spec.Strategy.BlueGreen != nil:
+		return fmt.Sprintf("step %d/%d (%s)", i+1, n, blueGreenSteps[i])
+	case spec.Strategy.Rolling != nil:
+		return rollingLabel(spec, st, i)
+	}
 	return fmt.Sprintf("step %d/%d (%s)", i+1, n, spec.Strategy.Canary.Steps[i].Kind())
+}
+
+// StepCount is the number of steps of the rollout before the final
+// promotion (for rolling, it depends on the hosts found).
+func StepCount(spec rollout.Spec, st rollout.Status) int {
+	switch {
+	case spec.Strategy.BlueGreen != nil:
+		return len(blueGreenSteps)
+	case spec.Strategy.Rolling != nil:
+		return rollingSteps(spec, st)
+	case spec.Strategy.Canary != nil:
+		return len(spec.Strategy.Canary.Steps)
+	}
+	return 0
+}
+
+// deadline is the progress deadline of step i.
+func deadline(spec rollout.Spec, i int) time.Duration {
+	var d time.Duration
+	switch {
+	case spec.Strategy.BlueGreen != nil:
+		d = spec.Strategy.BlueGreen.ProgressDeadline
+	case spec.Strategy.Rolling != nil:
+		d = spec.Strategy.Rolling.ProgressDeadline
+	case spec.Strategy.Canary != nil:
+		return spec.Strategy.Canary.Deadline(i)
+	}
+	if d > 0 {
+		return d
+	}
+	return rollout.DefaultProgressDeadline
 }
 
 func hasRun(st rollout.Status, kind string, step int) bool {
@@ -506,4 +605,17 @@ func terminateRuns(st rollout.Status, match func(rollout.AnalysisRun) bool, why 
 		st.Runs = runs
 	}
 	return st
+}
+
+// candidateWeight is the candidate's share of the routing: its weight, or
+// for per-host routing the average over the rollout's hosts.
+func candidateWeight(spec rollout.Spec, st rollout.Status, d route.Desired) int32 {
+	if len(d.Agents) == 0 || len(st.Hosts) == 0 {
+		return d.WeightOf(spec.CandidateRevision)
+	}
+	var sum int32
+	for _, h := range st.Hosts {
+		sum += d.For(h).WeightOf(spec.CandidateRevision)
+	}
+	return sum / int32(len(st.Hosts))
 }

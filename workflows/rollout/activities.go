@@ -150,6 +150,37 @@ func (a *Activities) ApplyDesired(ctx context.Context, in ApplyInput) (ApplyResu
 	return ApplyResult{Generation: gen, Agents: expected}, nil
 }
 
+// TargetsInput names the service and selector of a rolling update.
+type TargetsInput struct {
+	Service  string
+	Selector map[string]string
+}
+
+// TargetsResult lists the agents a rolling update switches.
+type TargetsResult struct {
+	Agents []string
+}
+
+// ListTargets returns the connected agents fronting the service whose
+// labels match the selector, sorted by id.
+func (a *Activities) ListTargets(ctx context.Context, in TargetsInput) (TargetsResult, error) {
+	var out []string
+	err := a.Fleet.WatchAgents(ctx, func(agents map[string]fleet.Agent) bool {
+		now := a.now()
+		for id, ag := range agents {
+			if _, ok := ag.Service(in.Service); ok && !ag.Lost(now) && route.SelectorMatches(in.Selector, ag.Labels) {
+				out = append(out, id)
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return TargetsResult{}, fmt.Errorf("list agents of %s: %w", in.Service, err)
+	}
+	sort.Strings(out)
+	return TargetsResult{Agents: out}, nil
+}
+
 // PublishStatus stores the rollout's record for the API.
 func (a *Activities) PublishStatus(ctx context.Context, in PublishInput) error {
 	if err := a.Status.PublishRecord(ctx, in.Record); err != nil {

@@ -31,6 +31,7 @@ const (
 	// Activity names.
 	ActivityApplyDesired  = "ApplyDesired"
 	ActivityPublishStatus = "PublishStatus"
+	ActivityListTargets   = "ListTargets"
 	// Memo keys set on each workflow execution.
 	MemoRolloutID = "rolloutId"
 	MemoSpecHash  = "specHash"

@@ -185,7 +185,21 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 			} else if _, err := workflow.AwaitWithTimeout(ctx, d.Until.Sub(now), changed); err != nil {
 				return Result{Record: record()}, err
 			}
+		case strategy.Discover:
+			actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+				StartToCloseTimeout: 30 * time.Second,
+				RetryPolicy:         &temporal.RetryPolicy{InitialInterval: 200 * time.Millisecond, MaximumInterval: 5 * time.Second},
+			})
+			var a *Activities
+			var res TargetsResult
+			if err := workflow.ExecuteActivity(actx, a.ListTargets, TargetsInput{Service: spec.Service, Selector: spec.Selector}).Get(ctx, &res); err != nil {
+				st = strategy.Discovered(st, nil, workflow.Now(ctx))
+				st.Failing = "list the hosts to update: " + err.Error()
+			} else {
+				st = strategy.Discovered(st, res.Agents, workflow.Now(ctx))
+			}
 		case strategy.Apply:
+			started := workflow.Now(ctx)
 			res, err := apply(ctx, d, func() bool {
 				return st.Aborting && (d.Intent == strategy.IntentStep || d.Intent == strategy.IntentFinal)
 			})
@@ -193,6 +207,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 			switch {
 			case err == nil:
 				st = strategy.Applied(spec, st, d, res.Generation, now)
+				st.LastApply = now.Sub(started)
 			case temporal.IsCanceledError(err):
 				// An abort overtook this step; the next decision applies stable.
 			default:
