@@ -8,8 +8,8 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
-	"github.com/sluicehq/sluice/core/strategy"
 	corerollout "github.com/sluicehq/sluice/core/rollout"
+	"github.com/sluicehq/sluice/core/strategy"
 )
 
 // Input starts (or continues) a rollout workflow.
