@@ -6,6 +6,8 @@ require (
 	connectrpc.com/connect v1.21.1
 	github.com/cucumber/godog v0.16.0
 	github.com/diegoholiveira/jsonlogic/v3 v3.9.1
+	github.com/nats-io/nats.go v1.55.0
+	github.com/sluicehq/sluice/devstack v0.0.0
 	github.com/sluicehq/sluice/proto v0.0.0
 	github.com/twmb/murmur3 v1.1.8
 	golang.org/x/mod v0.35.0
@@ -13,13 +15,27 @@ require (
 )
 
 require (
+	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/cucumber/gherkin/go/v42 v42.0.0 // indirect
 	github.com/cucumber/messages/go/v34 v34.2.0 // indirect
+	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/hashicorp/go-immutable-radix v1.3.1 // indirect
 	github.com/hashicorp/go-memdb v1.3.5 // indirect
 	github.com/hashicorp/golang-lru v0.5.4 // indirect
+	github.com/klauspost/compress v1.20.3 // indirect
+	github.com/minio/highwayhash v1.0.4 // indirect
+	github.com/nats-io/jwt/v2 v2.8.2 // indirect
+	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
+	github.com/nats-io/nkeys v0.4.16 // indirect
+	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/spf13/pflag v1.0.10 // indirect
+	golang.org/x/crypto v0.58.0 // indirect
+	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/time v0.16.0 // indirect
 )
 
-replace github.com/sluicehq/sluice/proto => ../proto
+replace (
+	github.com/sluicehq/sluice/devstack => ../devstack
+	github.com/sluicehq/sluice/proto => ../proto
+)
