@@ -12,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/core/fleet"
 	"github.com/sluicehq/sluice/core/rollout"
 	"github.com/sluicehq/sluice/core/route"
+	"github.com/sluicehq/sluice/core/strategy"
 	fleetv1 "github.com/sluicehq/sluice/proto/gen/sluice/fleet/v1"
 	rolloutv1 "github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1"
 )
@@ -57,7 +58,47 @@ func SpecFromProto(p *rolloutv1.RolloutSpec) rollout.Spec {
 		}
 		s.Strategy.Canary = cs
 	}
+	if bg := p.GetStrategy().GetBlueGreen(); bg != nil {
+		b := &rollout.BlueGreen{
+			AutoPromotionDelay:    dur(bg.GetAutoPromotionDelay()),
+			ScaleDownDelay:        dur(bg.GetScaleDownDelay()),
+			ProgressDeadline:      dur(bg.GetProgressDeadline()),
+			PrePromotionAnalysis:  analysisStepFromProto(bg.GetPrePromotionAnalysis()),
+			PostPromotionAnalysis: analysisStepFromProto(bg.GetPostPromotionAnalysis()),
+		}
+		if bg.AutoPromotion != nil {
+			v := bg.GetAutoPromotion()
+			b.AutoPromotion = &v
+		}
+		if bg.GetPreview() != nil {
+			hr := headerRouteFromProto(bg.GetPreview())
+			b.Preview = &hr
+		}
+		s.Strategy.BlueGreen = b
+	}
+	if r := p.GetStrategy().GetRolling(); r != nil {
+		s.Strategy.Rolling = &rollout.Rolling{
+			MaxUnavailable:      r.GetMaxUnavailable(),
+			Analysis:            analysisStepFromProto(r.GetAnalysis()),
+			PauseBetweenBatches: dur(r.GetPauseBetweenBatches()),
+			ProgressDeadline:    dur(r.GetProgressDeadline()),
+		}
+	}
 	return s
+}
+
+func analysisStepFromProto(a *rolloutv1.AnalysisStep) *rollout.AnalysisStep {
+	if a == nil {
+		return nil
+	}
+	return &rollout.AnalysisStep{Templates: a.GetTemplates(), OnInconclusive: a.GetOnInconclusive()}
+}
+
+func analysisStepToProto(a *rollout.AnalysisStep) *rolloutv1.AnalysisStep {
+	if a == nil {
+		return nil
+	}
+	return &rolloutv1.AnalysisStep{Templates: a.Templates, OnInconclusive: a.OnInconclusive}
 }
 
 // SpecToProto converts a core spec to the API message.
@@ -93,6 +134,28 @@ func SpecToProto(s rollout.Spec) *rolloutv1.RolloutSpec {
 		}
 		p.Strategy.Strategy = &rolloutv1.Strategy_Canary{Canary: pc}
 	}
+	if bg := s.Strategy.BlueGreen; bg != nil {
+		pb := &rolloutv1.BlueGreenStrategy{
+			AutoPromotion:         bg.AutoPromotion,
+			AutoPromotionDelay:    durpb(bg.AutoPromotionDelay),
+			ScaleDownDelay:        durpb(bg.ScaleDownDelay),
+			ProgressDeadline:      durpb(bg.ProgressDeadline),
+			PrePromotionAnalysis:  analysisStepToProto(bg.PrePromotionAnalysis),
+			PostPromotionAnalysis: analysisStepToProto(bg.PostPromotionAnalysis),
+		}
+		if bg.Preview != nil {
+			pb.Preview = HeaderRouteToProto(*bg.Preview)
+		}
+		p.Strategy.Strategy = &rolloutv1.Strategy_BlueGreen{BlueGreen: pb}
+	}
+	if r := s.Strategy.Rolling; r != nil {
+		p.Strategy.Strategy = &rolloutv1.Strategy_Rolling{Rolling: &rolloutv1.RollingStrategy{
+			MaxUnavailable:      r.MaxUnavailable,
+			Analysis:            analysisStepToProto(r.Analysis),
+			PauseBetweenBatches: durpb(r.PauseBetweenBatches),
+			ProgressDeadline:    durpb(r.ProgressDeadline),
+		}}
+	}
 	return p
 }
 
@@ -118,10 +181,7 @@ func PhaseToProto(p rollout.Phase) rolloutv1.Phase {
 // RecordToProto converts a stored record to the API rollout.
 func RecordToProto(r rollout.Record) *rolloutv1.Rollout {
 	st := r.Status
-	steps := 0
-	if r.Spec.Strategy.Canary != nil {
-		steps = len(r.Spec.Strategy.Canary.Steps)
-	}
+	steps := strategy.StepCount(r.Spec, st)
 	ps := &rolloutv1.RolloutStatus{
 		Phase:           PhaseToProto(st.Phase),
 		StepIndex:       int32(st.StepIndex),
@@ -137,6 +197,8 @@ func RecordToProto(r rollout.Record) *rolloutv1.Rollout {
 		UpdatedAt:       ts(st.UpdatedAt),
 		FinishedAt:      ts(st.FinishedAt),
 		Version:         st.Version,
+		Hosts:           st.Hosts,
+		LastApply:       durpb(st.LastApply),
 	}
 	for _, hr := range st.HeaderRoutes {
 		ps.HeaderRoutes = append(ps.HeaderRoutes, HeaderRouteToProto(hr))

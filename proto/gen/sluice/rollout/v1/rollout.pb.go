@@ -1026,8 +1026,7 @@ func (x *AnalysisStep) GetOnInconclusive() string {
 	return ""
 }
 
-// Strategy is exactly one deployment strategy. Field numbers 2 and 3 are
-// intended for blue-green and rolling.
+// Strategy is exactly one deployment strategy.
 type Strategy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// strategy is the chosen strategy.
@@ -1035,6 +1034,8 @@ type Strategy struct {
 	// Types that are valid to be assigned to Strategy:
 	//
 	//	*Strategy_Canary
+	//	*Strategy_BlueGreen
+	//	*Strategy_Rolling
 	Strategy      isStrategy_Strategy `protobuf_oneof:"strategy"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1086,6 +1087,24 @@ func (x *Strategy) GetCanary() *CanaryStrategy {
 	return nil
 }
 
+func (x *Strategy) GetBlueGreen() *BlueGreenStrategy {
+	if x != nil {
+		if x, ok := x.Strategy.(*Strategy_BlueGreen); ok {
+			return x.BlueGreen
+		}
+	}
+	return nil
+}
+
+func (x *Strategy) GetRolling() *RollingStrategy {
+	if x != nil {
+		if x, ok := x.Strategy.(*Strategy_Rolling); ok {
+			return x.Rolling
+		}
+	}
+	return nil
+}
+
 type isStrategy_Strategy interface {
 	isStrategy_Strategy()
 }
@@ -1095,7 +1114,200 @@ type Strategy_Canary struct {
 	Canary *CanaryStrategy `protobuf:"bytes,1,opt,name=canary,proto3,oneof"`
 }
 
+type Strategy_BlueGreen struct {
+	// blue_green starts the new revision beside the old one and flips.
+	BlueGreen *BlueGreenStrategy `protobuf:"bytes,2,opt,name=blue_green,json=blueGreen,proto3,oneof"`
+}
+
+type Strategy_Rolling struct {
+	// rolling switches hosts to the new revision in batches.
+	Rolling *RollingStrategy `protobuf:"bytes,3,opt,name=rolling,proto3,oneof"`
+}
+
 func (*Strategy_Canary) isStrategy_Strategy() {}
+
+func (*Strategy_BlueGreen) isStrategy_Strategy() {}
+
+func (*Strategy_Rolling) isStrategy_Strategy() {}
+
+// BlueGreenStrategy starts green beside blue with no production traffic,
+// reachable through a preview route; after optional pre-promotion analysis
+// and a promotion gate every agent flips to green in one generation; blue
+// stays warm for scale_down_delay, during which an abort flips back at once.
+type BlueGreenStrategy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// preview routes matching requests to green before the flip (default
+	// header X-Sluice-Preview: true).
+	Preview *HeaderRoute `protobuf:"bytes,1,opt,name=preview,proto3" json:"preview,omitempty"`
+	// auto_promotion promotes without a person (default true).
+	AutoPromotion *bool `protobuf:"varint,2,opt,name=auto_promotion,json=autoPromotion,proto3,oneof" json:"auto_promotion,omitempty"`
+	// auto_promotion_delay waits after green is ready before flipping.
+	AutoPromotionDelay *durationpb.Duration `protobuf:"bytes,3,opt,name=auto_promotion_delay,json=autoPromotionDelay,proto3" json:"auto_promotion_delay,omitempty"`
+	// pre_promotion_analysis runs on preview traffic before the flip.
+	PrePromotionAnalysis *AnalysisStep `protobuf:"bytes,4,opt,name=pre_promotion_analysis,json=prePromotionAnalysis,proto3" json:"pre_promotion_analysis,omitempty"`
+	// post_promotion_analysis runs after the flip; a failure flips back.
+	PostPromotionAnalysis *AnalysisStep `protobuf:"bytes,5,opt,name=post_promotion_analysis,json=postPromotionAnalysis,proto3" json:"post_promotion_analysis,omitempty"`
+	// scale_down_delay keeps blue warm after the flip (default 30s).
+	ScaleDownDelay *durationpb.Duration `protobuf:"bytes,6,opt,name=scale_down_delay,json=scaleDownDelay,proto3" json:"scale_down_delay,omitempty"`
+	// progress_deadline bounds each routing change (default 30s).
+	ProgressDeadline *durationpb.Duration `protobuf:"bytes,7,opt,name=progress_deadline,json=progressDeadline,proto3" json:"progress_deadline,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *BlueGreenStrategy) Reset() {
+	*x = BlueGreenStrategy{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlueGreenStrategy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlueGreenStrategy) ProtoMessage() {}
+
+func (x *BlueGreenStrategy) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlueGreenStrategy.ProtoReflect.Descriptor instead.
+func (*BlueGreenStrategy) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *BlueGreenStrategy) GetPreview() *HeaderRoute {
+	if x != nil {
+		return x.Preview
+	}
+	return nil
+}
+
+func (x *BlueGreenStrategy) GetAutoPromotion() bool {
+	if x != nil && x.AutoPromotion != nil {
+		return *x.AutoPromotion
+	}
+	return false
+}
+
+func (x *BlueGreenStrategy) GetAutoPromotionDelay() *durationpb.Duration {
+	if x != nil {
+		return x.AutoPromotionDelay
+	}
+	return nil
+}
+
+func (x *BlueGreenStrategy) GetPrePromotionAnalysis() *AnalysisStep {
+	if x != nil {
+		return x.PrePromotionAnalysis
+	}
+	return nil
+}
+
+func (x *BlueGreenStrategy) GetPostPromotionAnalysis() *AnalysisStep {
+	if x != nil {
+		return x.PostPromotionAnalysis
+	}
+	return nil
+}
+
+func (x *BlueGreenStrategy) GetScaleDownDelay() *durationpb.Duration {
+	if x != nil {
+		return x.ScaleDownDelay
+	}
+	return nil
+}
+
+func (x *BlueGreenStrategy) GetProgressDeadline() *durationpb.Duration {
+	if x != nil {
+		return x.ProgressDeadline
+	}
+	return nil
+}
+
+// RollingStrategy switches hosts in batches; on each host the new revision
+// is ready before the old one stops.
+type RollingStrategy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// max_unavailable is a count ("1") or a percentage ("25%") of the hosts
+	// switched at a time (default "1").
+	MaxUnavailable string `protobuf:"bytes,1,opt,name=max_unavailable,json=maxUnavailable,proto3" json:"max_unavailable,omitempty"`
+	// analysis gates each batch.
+	Analysis *AnalysisStep `protobuf:"bytes,2,opt,name=analysis,proto3" json:"analysis,omitempty"`
+	// pause_between_batches waits after each batch but the last.
+	PauseBetweenBatches *durationpb.Duration `protobuf:"bytes,3,opt,name=pause_between_batches,json=pauseBetweenBatches,proto3" json:"pause_between_batches,omitempty"`
+	// progress_deadline bounds each batch (default 30s).
+	ProgressDeadline *durationpb.Duration `protobuf:"bytes,4,opt,name=progress_deadline,json=progressDeadline,proto3" json:"progress_deadline,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RollingStrategy) Reset() {
+	*x = RollingStrategy{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollingStrategy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollingStrategy) ProtoMessage() {}
+
+func (x *RollingStrategy) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollingStrategy.ProtoReflect.Descriptor instead.
+func (*RollingStrategy) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RollingStrategy) GetMaxUnavailable() string {
+	if x != nil {
+		return x.MaxUnavailable
+	}
+	return ""
+}
+
+func (x *RollingStrategy) GetAnalysis() *AnalysisStep {
+	if x != nil {
+		return x.Analysis
+	}
+	return nil
+}
+
+func (x *RollingStrategy) GetPauseBetweenBatches() *durationpb.Duration {
+	if x != nil {
+		return x.PauseBetweenBatches
+	}
+	return nil
+}
+
+func (x *RollingStrategy) GetProgressDeadline() *durationpb.Duration {
+	if x != nil {
+		return x.ProgressDeadline
+	}
+	return nil
+}
 
 // CanaryStrategy shifts traffic to the candidate step by step; after the last
 // step the candidate gets 100 %.
@@ -1115,7 +1327,7 @@ type CanaryStrategy struct {
 
 func (x *CanaryStrategy) Reset() {
 	*x = CanaryStrategy{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1339,7 @@ func (x *CanaryStrategy) String() string {
 func (*CanaryStrategy) ProtoMessage() {}
 
 func (x *CanaryStrategy) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1352,7 @@ func (x *CanaryStrategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanaryStrategy.ProtoReflect.Descriptor instead.
 func (*CanaryStrategy) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{12}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CanaryStrategy) GetSteps() []*CanaryStep {
@@ -1184,7 +1396,7 @@ type CanaryStep struct {
 
 func (x *CanaryStep) Reset() {
 	*x = CanaryStep{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1408,7 @@ func (x *CanaryStep) String() string {
 func (*CanaryStep) ProtoMessage() {}
 
 func (x *CanaryStep) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1421,7 @@ func (x *CanaryStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanaryStep.ProtoReflect.Descriptor instead.
 func (*CanaryStep) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{13}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CanaryStep) GetStep() isCanaryStep_Step {
@@ -1306,7 +1518,7 @@ type Pause struct {
 
 func (x *Pause) Reset() {
 	*x = Pause{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1530,7 @@ func (x *Pause) String() string {
 func (*Pause) ProtoMessage() {}
 
 func (x *Pause) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1543,7 @@ func (x *Pause) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pause.ProtoReflect.Descriptor instead.
 func (*Pause) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{14}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Pause) GetDuration() *durationpb.Duration {
@@ -1357,7 +1569,7 @@ type Match struct {
 
 func (x *Match) Reset() {
 	*x = Match{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1369,7 +1581,7 @@ func (x *Match) String() string {
 func (*Match) ProtoMessage() {}
 
 func (x *Match) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1382,7 +1594,7 @@ func (x *Match) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Match.ProtoReflect.Descriptor instead.
 func (*Match) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{15}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Match) GetSource() isMatch_Source {
@@ -1448,7 +1660,7 @@ type HeaderRoute struct {
 
 func (x *HeaderRoute) Reset() {
 	*x = HeaderRoute{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1672,7 @@ func (x *HeaderRoute) String() string {
 func (*HeaderRoute) ProtoMessage() {}
 
 func (x *HeaderRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1685,7 @@ func (x *HeaderRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderRoute.ProtoReflect.Descriptor instead.
 func (*HeaderRoute) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{16}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HeaderRoute) GetName() string {
@@ -1546,7 +1758,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1770,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1783,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{17}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Backend) GetRevision() string {
@@ -1622,14 +1834,19 @@ type RolloutStatus struct {
 	// version counts changes; it only grows.
 	Version uint64 `protobuf:"varint,15,opt,name=version,proto3" json:"version,omitempty"`
 	// analysis_runs started so far, oldest first.
-	AnalysisRuns  []*AnalysisRunStatus `protobuf:"bytes,16,rep,name=analysis_runs,json=analysisRuns,proto3" json:"analysis_runs,omitempty"`
+	AnalysisRuns []*AnalysisRunStatus `protobuf:"bytes,16,rep,name=analysis_runs,json=analysisRuns,proto3" json:"analysis_runs,omitempty"`
+	// hosts a rolling update switches, in order.
+	Hosts []string `protobuf:"bytes,17,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// last_apply is how long the last routing change took to be confirmed by
+	// every selected agent (for blue-green, the flip across the fleet).
+	LastApply     *durationpb.Duration `protobuf:"bytes,18,opt,name=last_apply,json=lastApply,proto3" json:"last_apply,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RolloutStatus) Reset() {
 	*x = RolloutStatus{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1858,7 @@ func (x *RolloutStatus) String() string {
 func (*RolloutStatus) ProtoMessage() {}
 
 func (x *RolloutStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1871,7 @@ func (x *RolloutStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStatus.ProtoReflect.Descriptor instead.
 func (*RolloutStatus) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{18}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RolloutStatus) GetPhase() Phase {
@@ -1769,6 +1986,20 @@ func (x *RolloutStatus) GetAnalysisRuns() []*AnalysisRunStatus {
 	return nil
 }
 
+func (x *RolloutStatus) GetHosts() []string {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+func (x *RolloutStatus) GetLastApply() *durationpb.Duration {
+	if x != nil {
+		return x.LastApply
+	}
+	return nil
+}
+
 // AnalysisRunStatus is a run as the rollout sees it.
 type AnalysisRunStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1794,7 +2025,7 @@ type AnalysisRunStatus struct {
 
 func (x *AnalysisRunStatus) Reset() {
 	*x = AnalysisRunStatus{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1806,7 +2037,7 @@ func (x *AnalysisRunStatus) String() string {
 func (*AnalysisRunStatus) ProtoMessage() {}
 
 func (x *AnalysisRunStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1819,7 +2050,7 @@ func (x *AnalysisRunStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnalysisRunStatus.ProtoReflect.Descriptor instead.
 func (*AnalysisRunStatus) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{19}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AnalysisRunStatus) GetId() string {
@@ -1905,7 +2136,7 @@ type MetricResult struct {
 
 func (x *MetricResult) Reset() {
 	*x = MetricResult{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1917,7 +2148,7 @@ func (x *MetricResult) String() string {
 func (*MetricResult) ProtoMessage() {}
 
 func (x *MetricResult) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1930,7 +2161,7 @@ func (x *MetricResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricResult.ProtoReflect.Descriptor instead.
 func (*MetricResult) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{20}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *MetricResult) GetName() string {
@@ -2021,7 +2252,7 @@ type Measurement struct {
 
 func (x *Measurement) Reset() {
 	*x = Measurement{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2033,7 +2264,7 @@ func (x *Measurement) String() string {
 func (*Measurement) ProtoMessage() {}
 
 func (x *Measurement) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2046,7 +2277,7 @@ func (x *Measurement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Measurement.ProtoReflect.Descriptor instead.
 func (*Measurement) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{21}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Measurement) GetMetric() string {
@@ -2122,7 +2353,7 @@ type AnalysisRun struct {
 
 func (x *AnalysisRun) Reset() {
 	*x = AnalysisRun{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2134,7 +2365,7 @@ func (x *AnalysisRun) String() string {
 func (*AnalysisRun) ProtoMessage() {}
 
 func (x *AnalysisRun) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2147,7 +2378,7 @@ func (x *AnalysisRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnalysisRun.ProtoReflect.Descriptor instead.
 func (*AnalysisRun) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{22}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AnalysisRun) GetRolloutId() string {
@@ -2191,7 +2422,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2203,7 +2434,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2216,7 +2447,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{23}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Rollout) GetSpec() *RolloutSpec {
@@ -2244,7 +2475,7 @@ type CreateRolloutRequest struct {
 
 func (x *CreateRolloutRequest) Reset() {
 	*x = CreateRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2256,7 +2487,7 @@ func (x *CreateRolloutRequest) String() string {
 func (*CreateRolloutRequest) ProtoMessage() {}
 
 func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2269,7 +2500,7 @@ func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CreateRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{24}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CreateRolloutRequest) GetSpec() *RolloutSpec {
@@ -2292,7 +2523,7 @@ type CreateRolloutResponse struct {
 
 func (x *CreateRolloutResponse) Reset() {
 	*x = CreateRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2304,7 +2535,7 @@ func (x *CreateRolloutResponse) String() string {
 func (*CreateRolloutResponse) ProtoMessage() {}
 
 func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2317,7 +2548,7 @@ func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CreateRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{25}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CreateRolloutResponse) GetRollout() *Rollout {
@@ -2345,7 +2576,7 @@ type GetRolloutRequest struct {
 
 func (x *GetRolloutRequest) Reset() {
 	*x = GetRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2357,7 +2588,7 @@ func (x *GetRolloutRequest) String() string {
 func (*GetRolloutRequest) ProtoMessage() {}
 
 func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2370,7 +2601,7 @@ func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{26}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetRolloutRequest) GetId() string {
@@ -2391,7 +2622,7 @@ type GetRolloutResponse struct {
 
 func (x *GetRolloutResponse) Reset() {
 	*x = GetRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2403,7 +2634,7 @@ func (x *GetRolloutResponse) String() string {
 func (*GetRolloutResponse) ProtoMessage() {}
 
 func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2416,7 +2647,7 @@ func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
 func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{27}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetRolloutResponse) GetRollout() *Rollout {
@@ -2443,7 +2674,7 @@ type ListRolloutsRequest struct {
 
 func (x *ListRolloutsRequest) Reset() {
 	*x = ListRolloutsRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2455,7 +2686,7 @@ func (x *ListRolloutsRequest) String() string {
 func (*ListRolloutsRequest) ProtoMessage() {}
 
 func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2468,7 +2699,7 @@ func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{28}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListRolloutsRequest) GetService() string {
@@ -2512,7 +2743,7 @@ type ListRolloutsResponse struct {
 
 func (x *ListRolloutsResponse) Reset() {
 	*x = ListRolloutsResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2524,7 +2755,7 @@ func (x *ListRolloutsResponse) String() string {
 func (*ListRolloutsResponse) ProtoMessage() {}
 
 func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2537,7 +2768,7 @@ func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{29}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
@@ -2565,7 +2796,7 @@ type WatchRolloutRequest struct {
 
 func (x *WatchRolloutRequest) Reset() {
 	*x = WatchRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2577,7 +2808,7 @@ func (x *WatchRolloutRequest) String() string {
 func (*WatchRolloutRequest) ProtoMessage() {}
 
 func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2590,7 +2821,7 @@ func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutRequest.ProtoReflect.Descriptor instead.
 func (*WatchRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{30}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WatchRolloutRequest) GetId() string {
@@ -2611,7 +2842,7 @@ type WatchRolloutResponse struct {
 
 func (x *WatchRolloutResponse) Reset() {
 	*x = WatchRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2623,7 +2854,7 @@ func (x *WatchRolloutResponse) String() string {
 func (*WatchRolloutResponse) ProtoMessage() {}
 
 func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2636,7 +2867,7 @@ func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutResponse.ProtoReflect.Descriptor instead.
 func (*WatchRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{31}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WatchRolloutResponse) GetRollout() *Rollout {
@@ -2659,7 +2890,7 @@ type PauseRolloutRequest struct {
 
 func (x *PauseRolloutRequest) Reset() {
 	*x = PauseRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2671,7 +2902,7 @@ func (x *PauseRolloutRequest) String() string {
 func (*PauseRolloutRequest) ProtoMessage() {}
 
 func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2684,7 +2915,7 @@ func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PauseRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{32}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PauseRolloutRequest) GetId() string {
@@ -2712,7 +2943,7 @@ type PauseRolloutResponse struct {
 
 func (x *PauseRolloutResponse) Reset() {
 	*x = PauseRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2724,7 +2955,7 @@ func (x *PauseRolloutResponse) String() string {
 func (*PauseRolloutResponse) ProtoMessage() {}
 
 func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2737,7 +2968,7 @@ func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PauseRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{33}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PauseRolloutResponse) GetRollout() *Rollout {
@@ -2760,7 +2991,7 @@ type ResumeRolloutRequest struct {
 
 func (x *ResumeRolloutRequest) Reset() {
 	*x = ResumeRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2772,7 +3003,7 @@ func (x *ResumeRolloutRequest) String() string {
 func (*ResumeRolloutRequest) ProtoMessage() {}
 
 func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2785,7 +3016,7 @@ func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{34}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ResumeRolloutRequest) GetId() string {
@@ -2813,7 +3044,7 @@ type ResumeRolloutResponse struct {
 
 func (x *ResumeRolloutResponse) Reset() {
 	*x = ResumeRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2825,7 +3056,7 @@ func (x *ResumeRolloutResponse) String() string {
 func (*ResumeRolloutResponse) ProtoMessage() {}
 
 func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2838,7 +3069,7 @@ func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutResponse.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{35}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ResumeRolloutResponse) GetRollout() *Rollout {
@@ -2863,7 +3094,7 @@ type PromoteRolloutRequest struct {
 
 func (x *PromoteRolloutRequest) Reset() {
 	*x = PromoteRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2875,7 +3106,7 @@ func (x *PromoteRolloutRequest) String() string {
 func (*PromoteRolloutRequest) ProtoMessage() {}
 
 func (x *PromoteRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2888,7 +3119,7 @@ func (x *PromoteRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{36}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PromoteRolloutRequest) GetId() string {
@@ -2923,7 +3154,7 @@ type PromoteRolloutResponse struct {
 
 func (x *PromoteRolloutResponse) Reset() {
 	*x = PromoteRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2935,7 +3166,7 @@ func (x *PromoteRolloutResponse) String() string {
 func (*PromoteRolloutResponse) ProtoMessage() {}
 
 func (x *PromoteRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2948,7 +3179,7 @@ func (x *PromoteRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PromoteRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{37}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PromoteRolloutResponse) GetRollout() *Rollout {
@@ -2973,7 +3204,7 @@ type AbortRolloutRequest struct {
 
 func (x *AbortRolloutRequest) Reset() {
 	*x = AbortRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2985,7 +3216,7 @@ func (x *AbortRolloutRequest) String() string {
 func (*AbortRolloutRequest) ProtoMessage() {}
 
 func (x *AbortRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2998,7 +3229,7 @@ func (x *AbortRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRolloutRequest.ProtoReflect.Descriptor instead.
 func (*AbortRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{38}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AbortRolloutRequest) GetId() string {
@@ -3033,7 +3264,7 @@ type AbortRolloutResponse struct {
 
 func (x *AbortRolloutResponse) Reset() {
 	*x = AbortRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3045,7 +3276,7 @@ func (x *AbortRolloutResponse) String() string {
 func (*AbortRolloutResponse) ProtoMessage() {}
 
 func (x *AbortRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3058,7 +3289,7 @@ func (x *AbortRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRolloutResponse.ProtoReflect.Descriptor instead.
 func (*AbortRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{39}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *AbortRolloutResponse) GetRollout() *Rollout {
@@ -3079,7 +3310,7 @@ type ListAnalysisRunsRequest struct {
 
 func (x *ListAnalysisRunsRequest) Reset() {
 	*x = ListAnalysisRunsRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3091,7 +3322,7 @@ func (x *ListAnalysisRunsRequest) String() string {
 func (*ListAnalysisRunsRequest) ProtoMessage() {}
 
 func (x *ListAnalysisRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3104,7 +3335,7 @@ func (x *ListAnalysisRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAnalysisRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListAnalysisRunsRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{40}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListAnalysisRunsRequest) GetRolloutId() string {
@@ -3125,7 +3356,7 @@ type ListAnalysisRunsResponse struct {
 
 func (x *ListAnalysisRunsResponse) Reset() {
 	*x = ListAnalysisRunsResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3137,7 +3368,7 @@ func (x *ListAnalysisRunsResponse) String() string {
 func (*ListAnalysisRunsResponse) ProtoMessage() {}
 
 func (x *ListAnalysisRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3150,7 +3381,7 @@ func (x *ListAnalysisRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAnalysisRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListAnalysisRunsResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{41}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListAnalysisRunsResponse) GetRuns() []*AnalysisRun {
@@ -3171,7 +3402,7 @@ type GetAnalysisRunRequest struct {
 
 func (x *GetAnalysisRunRequest) Reset() {
 	*x = GetAnalysisRunRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3183,7 +3414,7 @@ func (x *GetAnalysisRunRequest) String() string {
 func (*GetAnalysisRunRequest) ProtoMessage() {}
 
 func (x *GetAnalysisRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3196,7 +3427,7 @@ func (x *GetAnalysisRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAnalysisRunRequest.ProtoReflect.Descriptor instead.
 func (*GetAnalysisRunRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{42}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetAnalysisRunRequest) GetId() string {
@@ -3217,7 +3448,7 @@ type GetAnalysisRunResponse struct {
 
 func (x *GetAnalysisRunResponse) Reset() {
 	*x = GetAnalysisRunResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[43]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3229,7 +3460,7 @@ func (x *GetAnalysisRunResponse) String() string {
 func (*GetAnalysisRunResponse) ProtoMessage() {}
 
 func (x *GetAnalysisRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[43]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3242,7 +3473,7 @@ func (x *GetAnalysisRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAnalysisRunResponse.ProtoReflect.Descriptor instead.
 func (*GetAnalysisRunResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{43}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetAnalysisRunResponse) GetRun() *AnalysisRun {
@@ -3331,10 +3562,27 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\xbaH\ar\x05\x10\x01\x18\x80@R\x05query\"v\n" +
 	"\fAnalysisStep\x12&\n" +
 	"\ttemplates\x18\x01 \x03(\tB\b\xbaH\x05\x92\x01\x02\b\x01R\ttemplates\x12>\n" +
-	"\x0fon_inconclusive\x18\x02 \x01(\tB\x15\xbaH\x12r\x10R\x00R\x05pauseR\x05retryR\x0eonInconclusive\"Z\n" +
+	"\x0fon_inconclusive\x18\x02 \x01(\tB\x15\xbaH\x12r\x10R\x00R\x05pauseR\x05retryR\x0eonInconclusive\"\xe1\x01\n" +
 	"\bStrategy\x12;\n" +
-	"\x06canary\x18\x01 \x01(\v2!.sluice.rollout.v1.CanaryStrategyH\x00R\x06canaryB\x11\n" +
-	"\bstrategy\x12\x05\xbaH\x02\b\x01\"\xc9\x01\n" +
+	"\x06canary\x18\x01 \x01(\v2!.sluice.rollout.v1.CanaryStrategyH\x00R\x06canary\x12E\n" +
+	"\n" +
+	"blue_green\x18\x02 \x01(\v2$.sluice.rollout.v1.BlueGreenStrategyH\x00R\tblueGreen\x12>\n" +
+	"\arolling\x18\x03 \x01(\v2\".sluice.rollout.v1.RollingStrategyH\x00R\arollingB\x11\n" +
+	"\bstrategy\x12\x05\xbaH\x02\b\x01\"\x96\x04\n" +
+	"\x11BlueGreenStrategy\x128\n" +
+	"\apreview\x18\x01 \x01(\v2\x1e.sluice.rollout.v1.HeaderRouteR\apreview\x12*\n" +
+	"\x0eauto_promotion\x18\x02 \x01(\bH\x00R\rautoPromotion\x88\x01\x01\x12K\n" +
+	"\x14auto_promotion_delay\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x12autoPromotionDelay\x12U\n" +
+	"\x16pre_promotion_analysis\x18\x04 \x01(\v2\x1f.sluice.rollout.v1.AnalysisStepR\x14prePromotionAnalysis\x12W\n" +
+	"\x17post_promotion_analysis\x18\x05 \x01(\v2\x1f.sluice.rollout.v1.AnalysisStepR\x15postPromotionAnalysis\x12C\n" +
+	"\x10scale_down_delay\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0escaleDownDelay\x12F\n" +
+	"\x11progress_deadline\x18\a \x01(\v2\x19.google.protobuf.DurationR\x10progressDeadlineB\x11\n" +
+	"\x0f_auto_promotion\"\xa9\x02\n" +
+	"\x0fRollingStrategy\x12B\n" +
+	"\x0fmax_unavailable\x18\x01 \x01(\tB\x19\xbaH\x16r\x142\x12^([1-9][0-9]*%?)?$R\x0emaxUnavailable\x12;\n" +
+	"\banalysis\x18\x02 \x01(\v2\x1f.sluice.rollout.v1.AnalysisStepR\banalysis\x12M\n" +
+	"\x15pause_between_batches\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x13pauseBetweenBatches\x12F\n" +
+	"\x11progress_deadline\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x10progressDeadline\"\xc9\x01\n" +
 	"\x0eCanaryStrategy\x12=\n" +
 	"\x05steps\x18\x01 \x03(\v2\x1d.sluice.rollout.v1.CanaryStepB\b\xbaH\x05\x92\x01\x02\x10dR\x05steps\x120\n" +
 	"\x06sticky\x18\x02 \x01(\v2\x18.sluice.rollout.v1.MatchR\x06sticky\x12F\n" +
@@ -3363,7 +3611,7 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\x05value\x12\x05\xbaH\x02\b\x01\"=\n" +
 	"\aBackend\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\tR\brevision\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\x05R\x06weight\"\xd6\x05\n" +
+	"\x06weight\x18\x02 \x01(\x05R\x06weight\"\xa6\x06\n" +
 	"\rRolloutStatus\x12.\n" +
 	"\x05phase\x18\x01 \x01(\x0e2\x18.sluice.rollout.v1.PhaseR\x05phase\x12\x1d\n" +
 	"\n" +
@@ -3390,7 +3638,10 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\vfinished_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12\x18\n" +
 	"\aversion\x18\x0f \x01(\x04R\aversion\x12I\n" +
-	"\ranalysis_runs\x18\x10 \x03(\v2$.sluice.rollout.v1.AnalysisRunStatusR\fanalysisRuns\"\xae\x02\n" +
+	"\ranalysis_runs\x18\x10 \x03(\v2$.sluice.rollout.v1.AnalysisRunStatusR\fanalysisRuns\x12\x14\n" +
+	"\x05hosts\x18\x11 \x03(\tR\x05hosts\x128\n" +
+	"\n" +
+	"last_apply\x18\x12 \x01(\v2\x19.google.protobuf.DurationR\tlastApply\"\xae\x02\n" +
 	"\x11AnalysisRunStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
@@ -3530,7 +3781,7 @@ func file_sluice_rollout_v1_rollout_proto_rawDescGZIP() []byte {
 }
 
 var file_sluice_rollout_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sluice_rollout_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_sluice_rollout_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_sluice_rollout_v1_rollout_proto_goTypes = []any{
 	(Phase)(0),                       // 0: sluice.rollout.v1.Phase
 	(RunPhase)(0),                    // 1: sluice.rollout.v1.RunPhase
@@ -3546,124 +3797,138 @@ var file_sluice_rollout_v1_rollout_proto_goTypes = []any{
 	(*PrometheusMetric)(nil),         // 11: sluice.rollout.v1.PrometheusMetric
 	(*AnalysisStep)(nil),             // 12: sluice.rollout.v1.AnalysisStep
 	(*Strategy)(nil),                 // 13: sluice.rollout.v1.Strategy
-	(*CanaryStrategy)(nil),           // 14: sluice.rollout.v1.CanaryStrategy
-	(*CanaryStep)(nil),               // 15: sluice.rollout.v1.CanaryStep
-	(*Pause)(nil),                    // 16: sluice.rollout.v1.Pause
-	(*Match)(nil),                    // 17: sluice.rollout.v1.Match
-	(*HeaderRoute)(nil),              // 18: sluice.rollout.v1.HeaderRoute
-	(*Backend)(nil),                  // 19: sluice.rollout.v1.Backend
-	(*RolloutStatus)(nil),            // 20: sluice.rollout.v1.RolloutStatus
-	(*AnalysisRunStatus)(nil),        // 21: sluice.rollout.v1.AnalysisRunStatus
-	(*MetricResult)(nil),             // 22: sluice.rollout.v1.MetricResult
-	(*Measurement)(nil),              // 23: sluice.rollout.v1.Measurement
-	(*AnalysisRun)(nil),              // 24: sluice.rollout.v1.AnalysisRun
-	(*Rollout)(nil),                  // 25: sluice.rollout.v1.Rollout
-	(*CreateRolloutRequest)(nil),     // 26: sluice.rollout.v1.CreateRolloutRequest
-	(*CreateRolloutResponse)(nil),    // 27: sluice.rollout.v1.CreateRolloutResponse
-	(*GetRolloutRequest)(nil),        // 28: sluice.rollout.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),       // 29: sluice.rollout.v1.GetRolloutResponse
-	(*ListRolloutsRequest)(nil),      // 30: sluice.rollout.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),     // 31: sluice.rollout.v1.ListRolloutsResponse
-	(*WatchRolloutRequest)(nil),      // 32: sluice.rollout.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),     // 33: sluice.rollout.v1.WatchRolloutResponse
-	(*PauseRolloutRequest)(nil),      // 34: sluice.rollout.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),     // 35: sluice.rollout.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),     // 36: sluice.rollout.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),    // 37: sluice.rollout.v1.ResumeRolloutResponse
-	(*PromoteRolloutRequest)(nil),    // 38: sluice.rollout.v1.PromoteRolloutRequest
-	(*PromoteRolloutResponse)(nil),   // 39: sluice.rollout.v1.PromoteRolloutResponse
-	(*AbortRolloutRequest)(nil),      // 40: sluice.rollout.v1.AbortRolloutRequest
-	(*AbortRolloutResponse)(nil),     // 41: sluice.rollout.v1.AbortRolloutResponse
-	(*ListAnalysisRunsRequest)(nil),  // 42: sluice.rollout.v1.ListAnalysisRunsRequest
-	(*ListAnalysisRunsResponse)(nil), // 43: sluice.rollout.v1.ListAnalysisRunsResponse
-	(*GetAnalysisRunRequest)(nil),    // 44: sluice.rollout.v1.GetAnalysisRunRequest
-	(*GetAnalysisRunResponse)(nil),   // 45: sluice.rollout.v1.GetAnalysisRunResponse
-	nil,                              // 46: sluice.rollout.v1.RolloutSpec.SelectorEntry
-	(*durationpb.Duration)(nil),      // 47: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 48: google.protobuf.Timestamp
+	(*BlueGreenStrategy)(nil),        // 14: sluice.rollout.v1.BlueGreenStrategy
+	(*RollingStrategy)(nil),          // 15: sluice.rollout.v1.RollingStrategy
+	(*CanaryStrategy)(nil),           // 16: sluice.rollout.v1.CanaryStrategy
+	(*CanaryStep)(nil),               // 17: sluice.rollout.v1.CanaryStep
+	(*Pause)(nil),                    // 18: sluice.rollout.v1.Pause
+	(*Match)(nil),                    // 19: sluice.rollout.v1.Match
+	(*HeaderRoute)(nil),              // 20: sluice.rollout.v1.HeaderRoute
+	(*Backend)(nil),                  // 21: sluice.rollout.v1.Backend
+	(*RolloutStatus)(nil),            // 22: sluice.rollout.v1.RolloutStatus
+	(*AnalysisRunStatus)(nil),        // 23: sluice.rollout.v1.AnalysisRunStatus
+	(*MetricResult)(nil),             // 24: sluice.rollout.v1.MetricResult
+	(*Measurement)(nil),              // 25: sluice.rollout.v1.Measurement
+	(*AnalysisRun)(nil),              // 26: sluice.rollout.v1.AnalysisRun
+	(*Rollout)(nil),                  // 27: sluice.rollout.v1.Rollout
+	(*CreateRolloutRequest)(nil),     // 28: sluice.rollout.v1.CreateRolloutRequest
+	(*CreateRolloutResponse)(nil),    // 29: sluice.rollout.v1.CreateRolloutResponse
+	(*GetRolloutRequest)(nil),        // 30: sluice.rollout.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),       // 31: sluice.rollout.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),      // 32: sluice.rollout.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),     // 33: sluice.rollout.v1.ListRolloutsResponse
+	(*WatchRolloutRequest)(nil),      // 34: sluice.rollout.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),     // 35: sluice.rollout.v1.WatchRolloutResponse
+	(*PauseRolloutRequest)(nil),      // 36: sluice.rollout.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),     // 37: sluice.rollout.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),     // 38: sluice.rollout.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),    // 39: sluice.rollout.v1.ResumeRolloutResponse
+	(*PromoteRolloutRequest)(nil),    // 40: sluice.rollout.v1.PromoteRolloutRequest
+	(*PromoteRolloutResponse)(nil),   // 41: sluice.rollout.v1.PromoteRolloutResponse
+	(*AbortRolloutRequest)(nil),      // 42: sluice.rollout.v1.AbortRolloutRequest
+	(*AbortRolloutResponse)(nil),     // 43: sluice.rollout.v1.AbortRolloutResponse
+	(*ListAnalysisRunsRequest)(nil),  // 44: sluice.rollout.v1.ListAnalysisRunsRequest
+	(*ListAnalysisRunsResponse)(nil), // 45: sluice.rollout.v1.ListAnalysisRunsResponse
+	(*GetAnalysisRunRequest)(nil),    // 46: sluice.rollout.v1.GetAnalysisRunRequest
+	(*GetAnalysisRunResponse)(nil),   // 47: sluice.rollout.v1.GetAnalysisRunResponse
+	nil,                              // 48: sluice.rollout.v1.RolloutSpec.SelectorEntry
+	(*durationpb.Duration)(nil),      // 49: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 50: google.protobuf.Timestamp
 }
 var file_sluice_rollout_v1_rollout_proto_depIdxs = []int32{
-	46, // 0: sluice.rollout.v1.RolloutSpec.selector:type_name -> sluice.rollout.v1.RolloutSpec.SelectorEntry
+	48, // 0: sluice.rollout.v1.RolloutSpec.selector:type_name -> sluice.rollout.v1.RolloutSpec.SelectorEntry
 	13, // 1: sluice.rollout.v1.RolloutSpec.strategy:type_name -> sluice.rollout.v1.Strategy
 	3,  // 2: sluice.rollout.v1.RolloutSpec.analysis:type_name -> sluice.rollout.v1.Analysis
 	5,  // 3: sluice.rollout.v1.Analysis.templates:type_name -> sluice.rollout.v1.AnalysisTemplate
 	4,  // 4: sluice.rollout.v1.Analysis.background:type_name -> sluice.rollout.v1.BackgroundAnalysis
 	6,  // 5: sluice.rollout.v1.AnalysisTemplate.metrics:type_name -> sluice.rollout.v1.Metric
 	7,  // 6: sluice.rollout.v1.Metric.provider:type_name -> sluice.rollout.v1.MetricProvider
-	47, // 7: sluice.rollout.v1.Metric.interval:type_name -> google.protobuf.Duration
-	47, // 8: sluice.rollout.v1.Metric.window:type_name -> google.protobuf.Duration
-	47, // 9: sluice.rollout.v1.Metric.initial_delay:type_name -> google.protobuf.Duration
+	49, // 7: sluice.rollout.v1.Metric.interval:type_name -> google.protobuf.Duration
+	49, // 8: sluice.rollout.v1.Metric.window:type_name -> google.protobuf.Duration
+	49, // 9: sluice.rollout.v1.Metric.initial_delay:type_name -> google.protobuf.Duration
 	9,  // 10: sluice.rollout.v1.MetricProvider.builtin:type_name -> sluice.rollout.v1.BuiltinMetric
 	10, // 11: sluice.rollout.v1.MetricProvider.clickhouse:type_name -> sluice.rollout.v1.ClickHouseMetric
 	11, // 12: sluice.rollout.v1.MetricProvider.prometheus:type_name -> sluice.rollout.v1.PrometheusMetric
 	8,  // 13: sluice.rollout.v1.MetricProvider.judge:type_name -> sluice.rollout.v1.SequentialJudge
-	47, // 14: sluice.rollout.v1.SequentialJudge.baseline_window:type_name -> google.protobuf.Duration
-	14, // 15: sluice.rollout.v1.Strategy.canary:type_name -> sluice.rollout.v1.CanaryStrategy
-	15, // 16: sluice.rollout.v1.CanaryStrategy.steps:type_name -> sluice.rollout.v1.CanaryStep
-	17, // 17: sluice.rollout.v1.CanaryStrategy.sticky:type_name -> sluice.rollout.v1.Match
-	47, // 18: sluice.rollout.v1.CanaryStrategy.progress_deadline:type_name -> google.protobuf.Duration
-	16, // 19: sluice.rollout.v1.CanaryStep.pause:type_name -> sluice.rollout.v1.Pause
-	18, // 20: sluice.rollout.v1.CanaryStep.set_header_route:type_name -> sluice.rollout.v1.HeaderRoute
-	12, // 21: sluice.rollout.v1.CanaryStep.analysis:type_name -> sluice.rollout.v1.AnalysisStep
-	47, // 22: sluice.rollout.v1.CanaryStep.progress_deadline:type_name -> google.protobuf.Duration
-	47, // 23: sluice.rollout.v1.Pause.duration:type_name -> google.protobuf.Duration
-	17, // 24: sluice.rollout.v1.HeaderRoute.match:type_name -> sluice.rollout.v1.Match
-	0,  // 25: sluice.rollout.v1.RolloutStatus.phase:type_name -> sluice.rollout.v1.Phase
-	18, // 26: sluice.rollout.v1.RolloutStatus.header_routes:type_name -> sluice.rollout.v1.HeaderRoute
-	48, // 27: sluice.rollout.v1.RolloutStatus.pause_until:type_name -> google.protobuf.Timestamp
-	48, // 28: sluice.rollout.v1.RolloutStatus.created_at:type_name -> google.protobuf.Timestamp
-	48, // 29: sluice.rollout.v1.RolloutStatus.updated_at:type_name -> google.protobuf.Timestamp
-	48, // 30: sluice.rollout.v1.RolloutStatus.finished_at:type_name -> google.protobuf.Timestamp
-	21, // 31: sluice.rollout.v1.RolloutStatus.analysis_runs:type_name -> sluice.rollout.v1.AnalysisRunStatus
-	1,  // 32: sluice.rollout.v1.AnalysisRunStatus.phase:type_name -> sluice.rollout.v1.RunPhase
-	48, // 33: sluice.rollout.v1.AnalysisRunStatus.started_at:type_name -> google.protobuf.Timestamp
-	48, // 34: sluice.rollout.v1.AnalysisRunStatus.finished_at:type_name -> google.protobuf.Timestamp
-	1,  // 35: sluice.rollout.v1.MetricResult.phase:type_name -> sluice.rollout.v1.RunPhase
-	1,  // 36: sluice.rollout.v1.Measurement.phase:type_name -> sluice.rollout.v1.RunPhase
-	48, // 37: sluice.rollout.v1.Measurement.start:type_name -> google.protobuf.Timestamp
-	48, // 38: sluice.rollout.v1.Measurement.end:type_name -> google.protobuf.Timestamp
-	21, // 39: sluice.rollout.v1.AnalysisRun.status:type_name -> sluice.rollout.v1.AnalysisRunStatus
-	22, // 40: sluice.rollout.v1.AnalysisRun.metrics:type_name -> sluice.rollout.v1.MetricResult
-	23, // 41: sluice.rollout.v1.AnalysisRun.measurements:type_name -> sluice.rollout.v1.Measurement
-	2,  // 42: sluice.rollout.v1.Rollout.spec:type_name -> sluice.rollout.v1.RolloutSpec
-	20, // 43: sluice.rollout.v1.Rollout.status:type_name -> sluice.rollout.v1.RolloutStatus
-	2,  // 44: sluice.rollout.v1.CreateRolloutRequest.spec:type_name -> sluice.rollout.v1.RolloutSpec
-	25, // 45: sluice.rollout.v1.CreateRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	25, // 46: sluice.rollout.v1.GetRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	0,  // 47: sluice.rollout.v1.ListRolloutsRequest.phase:type_name -> sluice.rollout.v1.Phase
-	25, // 48: sluice.rollout.v1.ListRolloutsResponse.rollouts:type_name -> sluice.rollout.v1.Rollout
-	25, // 49: sluice.rollout.v1.WatchRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	25, // 50: sluice.rollout.v1.PauseRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	25, // 51: sluice.rollout.v1.ResumeRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	25, // 52: sluice.rollout.v1.PromoteRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	25, // 53: sluice.rollout.v1.AbortRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	24, // 54: sluice.rollout.v1.ListAnalysisRunsResponse.runs:type_name -> sluice.rollout.v1.AnalysisRun
-	24, // 55: sluice.rollout.v1.GetAnalysisRunResponse.run:type_name -> sluice.rollout.v1.AnalysisRun
-	26, // 56: sluice.rollout.v1.RolloutService.CreateRollout:input_type -> sluice.rollout.v1.CreateRolloutRequest
-	28, // 57: sluice.rollout.v1.RolloutService.GetRollout:input_type -> sluice.rollout.v1.GetRolloutRequest
-	30, // 58: sluice.rollout.v1.RolloutService.ListRollouts:input_type -> sluice.rollout.v1.ListRolloutsRequest
-	32, // 59: sluice.rollout.v1.RolloutService.WatchRollout:input_type -> sluice.rollout.v1.WatchRolloutRequest
-	34, // 60: sluice.rollout.v1.RolloutService.PauseRollout:input_type -> sluice.rollout.v1.PauseRolloutRequest
-	36, // 61: sluice.rollout.v1.RolloutService.ResumeRollout:input_type -> sluice.rollout.v1.ResumeRolloutRequest
-	38, // 62: sluice.rollout.v1.RolloutService.PromoteRollout:input_type -> sluice.rollout.v1.PromoteRolloutRequest
-	40, // 63: sluice.rollout.v1.RolloutService.AbortRollout:input_type -> sluice.rollout.v1.AbortRolloutRequest
-	42, // 64: sluice.rollout.v1.RolloutService.ListAnalysisRuns:input_type -> sluice.rollout.v1.ListAnalysisRunsRequest
-	44, // 65: sluice.rollout.v1.RolloutService.GetAnalysisRun:input_type -> sluice.rollout.v1.GetAnalysisRunRequest
-	27, // 66: sluice.rollout.v1.RolloutService.CreateRollout:output_type -> sluice.rollout.v1.CreateRolloutResponse
-	29, // 67: sluice.rollout.v1.RolloutService.GetRollout:output_type -> sluice.rollout.v1.GetRolloutResponse
-	31, // 68: sluice.rollout.v1.RolloutService.ListRollouts:output_type -> sluice.rollout.v1.ListRolloutsResponse
-	33, // 69: sluice.rollout.v1.RolloutService.WatchRollout:output_type -> sluice.rollout.v1.WatchRolloutResponse
-	35, // 70: sluice.rollout.v1.RolloutService.PauseRollout:output_type -> sluice.rollout.v1.PauseRolloutResponse
-	37, // 71: sluice.rollout.v1.RolloutService.ResumeRollout:output_type -> sluice.rollout.v1.ResumeRolloutResponse
-	39, // 72: sluice.rollout.v1.RolloutService.PromoteRollout:output_type -> sluice.rollout.v1.PromoteRolloutResponse
-	41, // 73: sluice.rollout.v1.RolloutService.AbortRollout:output_type -> sluice.rollout.v1.AbortRolloutResponse
-	43, // 74: sluice.rollout.v1.RolloutService.ListAnalysisRuns:output_type -> sluice.rollout.v1.ListAnalysisRunsResponse
-	45, // 75: sluice.rollout.v1.RolloutService.GetAnalysisRun:output_type -> sluice.rollout.v1.GetAnalysisRunResponse
-	66, // [66:76] is the sub-list for method output_type
-	56, // [56:66] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	49, // 14: sluice.rollout.v1.SequentialJudge.baseline_window:type_name -> google.protobuf.Duration
+	16, // 15: sluice.rollout.v1.Strategy.canary:type_name -> sluice.rollout.v1.CanaryStrategy
+	14, // 16: sluice.rollout.v1.Strategy.blue_green:type_name -> sluice.rollout.v1.BlueGreenStrategy
+	15, // 17: sluice.rollout.v1.Strategy.rolling:type_name -> sluice.rollout.v1.RollingStrategy
+	20, // 18: sluice.rollout.v1.BlueGreenStrategy.preview:type_name -> sluice.rollout.v1.HeaderRoute
+	49, // 19: sluice.rollout.v1.BlueGreenStrategy.auto_promotion_delay:type_name -> google.protobuf.Duration
+	12, // 20: sluice.rollout.v1.BlueGreenStrategy.pre_promotion_analysis:type_name -> sluice.rollout.v1.AnalysisStep
+	12, // 21: sluice.rollout.v1.BlueGreenStrategy.post_promotion_analysis:type_name -> sluice.rollout.v1.AnalysisStep
+	49, // 22: sluice.rollout.v1.BlueGreenStrategy.scale_down_delay:type_name -> google.protobuf.Duration
+	49, // 23: sluice.rollout.v1.BlueGreenStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	12, // 24: sluice.rollout.v1.RollingStrategy.analysis:type_name -> sluice.rollout.v1.AnalysisStep
+	49, // 25: sluice.rollout.v1.RollingStrategy.pause_between_batches:type_name -> google.protobuf.Duration
+	49, // 26: sluice.rollout.v1.RollingStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	17, // 27: sluice.rollout.v1.CanaryStrategy.steps:type_name -> sluice.rollout.v1.CanaryStep
+	19, // 28: sluice.rollout.v1.CanaryStrategy.sticky:type_name -> sluice.rollout.v1.Match
+	49, // 29: sluice.rollout.v1.CanaryStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	18, // 30: sluice.rollout.v1.CanaryStep.pause:type_name -> sluice.rollout.v1.Pause
+	20, // 31: sluice.rollout.v1.CanaryStep.set_header_route:type_name -> sluice.rollout.v1.HeaderRoute
+	12, // 32: sluice.rollout.v1.CanaryStep.analysis:type_name -> sluice.rollout.v1.AnalysisStep
+	49, // 33: sluice.rollout.v1.CanaryStep.progress_deadline:type_name -> google.protobuf.Duration
+	49, // 34: sluice.rollout.v1.Pause.duration:type_name -> google.protobuf.Duration
+	19, // 35: sluice.rollout.v1.HeaderRoute.match:type_name -> sluice.rollout.v1.Match
+	0,  // 36: sluice.rollout.v1.RolloutStatus.phase:type_name -> sluice.rollout.v1.Phase
+	20, // 37: sluice.rollout.v1.RolloutStatus.header_routes:type_name -> sluice.rollout.v1.HeaderRoute
+	50, // 38: sluice.rollout.v1.RolloutStatus.pause_until:type_name -> google.protobuf.Timestamp
+	50, // 39: sluice.rollout.v1.RolloutStatus.created_at:type_name -> google.protobuf.Timestamp
+	50, // 40: sluice.rollout.v1.RolloutStatus.updated_at:type_name -> google.protobuf.Timestamp
+	50, // 41: sluice.rollout.v1.RolloutStatus.finished_at:type_name -> google.protobuf.Timestamp
+	23, // 42: sluice.rollout.v1.RolloutStatus.analysis_runs:type_name -> sluice.rollout.v1.AnalysisRunStatus
+	49, // 43: sluice.rollout.v1.RolloutStatus.last_apply:type_name -> google.protobuf.Duration
+	1,  // 44: sluice.rollout.v1.AnalysisRunStatus.phase:type_name -> sluice.rollout.v1.RunPhase
+	50, // 45: sluice.rollout.v1.AnalysisRunStatus.started_at:type_name -> google.protobuf.Timestamp
+	50, // 46: sluice.rollout.v1.AnalysisRunStatus.finished_at:type_name -> google.protobuf.Timestamp
+	1,  // 47: sluice.rollout.v1.MetricResult.phase:type_name -> sluice.rollout.v1.RunPhase
+	1,  // 48: sluice.rollout.v1.Measurement.phase:type_name -> sluice.rollout.v1.RunPhase
+	50, // 49: sluice.rollout.v1.Measurement.start:type_name -> google.protobuf.Timestamp
+	50, // 50: sluice.rollout.v1.Measurement.end:type_name -> google.protobuf.Timestamp
+	23, // 51: sluice.rollout.v1.AnalysisRun.status:type_name -> sluice.rollout.v1.AnalysisRunStatus
+	24, // 52: sluice.rollout.v1.AnalysisRun.metrics:type_name -> sluice.rollout.v1.MetricResult
+	25, // 53: sluice.rollout.v1.AnalysisRun.measurements:type_name -> sluice.rollout.v1.Measurement
+	2,  // 54: sluice.rollout.v1.Rollout.spec:type_name -> sluice.rollout.v1.RolloutSpec
+	22, // 55: sluice.rollout.v1.Rollout.status:type_name -> sluice.rollout.v1.RolloutStatus
+	2,  // 56: sluice.rollout.v1.CreateRolloutRequest.spec:type_name -> sluice.rollout.v1.RolloutSpec
+	27, // 57: sluice.rollout.v1.CreateRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	27, // 58: sluice.rollout.v1.GetRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	0,  // 59: sluice.rollout.v1.ListRolloutsRequest.phase:type_name -> sluice.rollout.v1.Phase
+	27, // 60: sluice.rollout.v1.ListRolloutsResponse.rollouts:type_name -> sluice.rollout.v1.Rollout
+	27, // 61: sluice.rollout.v1.WatchRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	27, // 62: sluice.rollout.v1.PauseRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	27, // 63: sluice.rollout.v1.ResumeRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	27, // 64: sluice.rollout.v1.PromoteRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	27, // 65: sluice.rollout.v1.AbortRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	26, // 66: sluice.rollout.v1.ListAnalysisRunsResponse.runs:type_name -> sluice.rollout.v1.AnalysisRun
+	26, // 67: sluice.rollout.v1.GetAnalysisRunResponse.run:type_name -> sluice.rollout.v1.AnalysisRun
+	28, // 68: sluice.rollout.v1.RolloutService.CreateRollout:input_type -> sluice.rollout.v1.CreateRolloutRequest
+	30, // 69: sluice.rollout.v1.RolloutService.GetRollout:input_type -> sluice.rollout.v1.GetRolloutRequest
+	32, // 70: sluice.rollout.v1.RolloutService.ListRollouts:input_type -> sluice.rollout.v1.ListRolloutsRequest
+	34, // 71: sluice.rollout.v1.RolloutService.WatchRollout:input_type -> sluice.rollout.v1.WatchRolloutRequest
+	36, // 72: sluice.rollout.v1.RolloutService.PauseRollout:input_type -> sluice.rollout.v1.PauseRolloutRequest
+	38, // 73: sluice.rollout.v1.RolloutService.ResumeRollout:input_type -> sluice.rollout.v1.ResumeRolloutRequest
+	40, // 74: sluice.rollout.v1.RolloutService.PromoteRollout:input_type -> sluice.rollout.v1.PromoteRolloutRequest
+	42, // 75: sluice.rollout.v1.RolloutService.AbortRollout:input_type -> sluice.rollout.v1.AbortRolloutRequest
+	44, // 76: sluice.rollout.v1.RolloutService.ListAnalysisRuns:input_type -> sluice.rollout.v1.ListAnalysisRunsRequest
+	46, // 77: sluice.rollout.v1.RolloutService.GetAnalysisRun:input_type -> sluice.rollout.v1.GetAnalysisRunRequest
+	29, // 78: sluice.rollout.v1.RolloutService.CreateRollout:output_type -> sluice.rollout.v1.CreateRolloutResponse
+	31, // 79: sluice.rollout.v1.RolloutService.GetRollout:output_type -> sluice.rollout.v1.GetRolloutResponse
+	33, // 80: sluice.rollout.v1.RolloutService.ListRollouts:output_type -> sluice.rollout.v1.ListRolloutsResponse
+	35, // 81: sluice.rollout.v1.RolloutService.WatchRollout:output_type -> sluice.rollout.v1.WatchRolloutResponse
+	37, // 82: sluice.rollout.v1.RolloutService.PauseRollout:output_type -> sluice.rollout.v1.PauseRolloutResponse
+	39, // 83: sluice.rollout.v1.RolloutService.ResumeRollout:output_type -> sluice.rollout.v1.ResumeRolloutResponse
+	41, // 84: sluice.rollout.v1.RolloutService.PromoteRollout:output_type -> sluice.rollout.v1.PromoteRolloutResponse
+	43, // 85: sluice.rollout.v1.RolloutService.AbortRollout:output_type -> sluice.rollout.v1.AbortRolloutResponse
+	45, // 86: sluice.rollout.v1.RolloutService.ListAnalysisRuns:output_type -> sluice.rollout.v1.ListAnalysisRunsResponse
+	47, // 87: sluice.rollout.v1.RolloutService.GetAnalysisRun:output_type -> sluice.rollout.v1.GetAnalysisRunResponse
+	78, // [78:88] is the sub-list for method output_type
+	68, // [68:78] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_sluice_rollout_v1_rollout_proto_init() }
@@ -3680,29 +3945,32 @@ func file_sluice_rollout_v1_rollout_proto_init() {
 	}
 	file_sluice_rollout_v1_rollout_proto_msgTypes[11].OneofWrappers = []any{
 		(*Strategy_Canary)(nil),
+		(*Strategy_BlueGreen)(nil),
+		(*Strategy_Rolling)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[13].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[12].OneofWrappers = []any{}
+	file_sluice_rollout_v1_rollout_proto_msgTypes[15].OneofWrappers = []any{
 		(*CanaryStep_SetWeight)(nil),
 		(*CanaryStep_Pause)(nil),
 		(*CanaryStep_SetHeaderRoute)(nil),
 		(*CanaryStep_Analysis)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[15].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[17].OneofWrappers = []any{
 		(*Match_Header)(nil),
 		(*Match_Cookie)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[16].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[18].OneofWrappers = []any{
 		(*HeaderRoute_Exact)(nil),
 		(*HeaderRoute_Prefix)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[21].OneofWrappers = []any{}
+	file_sluice_rollout_v1_rollout_proto_msgTypes[23].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_rollout_v1_rollout_proto_rawDesc), len(file_sluice_rollout_v1_rollout_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
