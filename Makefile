@@ -35,7 +35,7 @@ build:
 generate: bootstrap
 	rm -rf proto/gen
 	buf format -w
-	buf generate --path proto/api/sluice
+	buf generate
 
 # Fails when the generated code or the formatting is not what buf produces.
 check-generated: generate
