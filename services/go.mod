@@ -9,6 +9,7 @@ require (
 	github.com/ClickHouse/ch-go v0.75.0 // indirect
 	github.com/ClickHouse/clickhouse-go/v2 v2.51.0 // indirect
 	github.com/andybalholm/brotli v1.2.7 // indirect
+	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/antlr4-go/antlr/v4 v4.13.1 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
@@ -18,12 +19,16 @@ require (
 	github.com/go-faster/errors v0.8.0 // indirect
 	github.com/gogo/protobuf v1.3.2 // indirect
 	github.com/golang/mock v1.6.0 // indirect
+	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/grpc-ecosystem/go-grpc-middleware/v2 v2.3.2 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.22.0 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
+	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
+	github.com/nats-io/jwt/v2 v2.8.2 // indirect
+	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/nexus-rpc/nexus-proto-annotations v0.1.0 // indirect
@@ -37,7 +42,7 @@ require (
 	github.com/robfig/cron v1.2.0 // indirect
 	github.com/segmentio/asm v1.2.1 // indirect
 	github.com/shopspring/decimal v1.6.0 // indirect
-	github.com/spf13/pflag v1.0.9 // indirect
+	github.com/spf13/pflag v1.0.10 // indirect
 	github.com/stretchr/objx v0.5.3 // indirect
 	github.com/stretchr/testify v1.12.1 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect
@@ -62,6 +67,8 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/sluicehq/sluice/analysis-worker v0.0.0-00010101000000-000000000000
 	github.com/sluicehq/sluice/core v0.0.0
+	github.com/sluicehq/sluice/devstack v0.0.0
+	github.com/sluicehq/sluice/flags v0.0.0
 	github.com/sluicehq/sluice/proto v0.0.0
 	github.com/sluicehq/sluice/workflows v0.0.0
 	github.com/spf13/cobra v1.10.2
@@ -77,6 +84,7 @@ replace (
 	github.com/sluicehq/sluice/analysis-worker => ../analysis-worker
 	github.com/sluicehq/sluice/core => ../core
 	github.com/sluicehq/sluice/devstack => ../devstack
+	github.com/sluicehq/sluice/flags => ../flags
 	github.com/sluicehq/sluice/proto => ../proto
 	github.com/sluicehq/sluice/workflows => ../workflows
 )

@@ -6,13 +6,31 @@ import (
 	"connectrpc.com/connect"
 	"connectrpc.com/grpcreflect"
 
+	"github.com/sluicehq/sluice/proto/gen/sluice/flag/v1/flagv1connect"
 	"github.com/sluicehq/sluice/proto/gen/sluice/fleet/v1/fleetv1connect"
 	"github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1/rolloutv1connect"
 )
 
-// Mount registers both services (Connect, gRPC and gRPC-Web) and gRPC
-// reflection on mux, every request passing the validation interceptor.
-func Mount(mux *http.ServeMux, rollouts *RolloutHandler, fleet *FleetHandler) error {
+// MountOption adds an optional service to Mount.
+type MountOption func(*mountOptions)
+
+type mountOptions struct {
+	flags *FlagHandler
+}
+
+// WithFlags serves FlagService with h.
+func WithFlags(h *FlagHandler) MountOption {
+	return func(o *mountOptions) { o.flags = h }
+}
+
+// Mount registers the services (Connect, gRPC and gRPC-Web) and gRPC
+// reflection on mux, every request passing the validation interceptor:
+// RolloutService, FleetService, and those the options add.
+func Mount(mux *http.ServeMux, rollouts *RolloutHandler, fleet *FleetHandler, options ...MountOption) error {
+	var mo mountOptions
+	for _, o := range options {
+		o(&mo)
+	}
 	vi, err := NewValidationInterceptor()
 	if err != nil {
 		return err
@@ -20,7 +38,12 @@ func Mount(mux *http.ServeMux, rollouts *RolloutHandler, fleet *FleetHandler) er
 	opts := connect.WithInterceptors(vi)
 	mux.Handle(rolloutv1connect.NewRolloutServiceHandler(rollouts, opts))
 	mux.Handle(fleetv1connect.NewFleetServiceHandler(fleet, opts))
-	reflector := grpcreflect.NewStaticReflector(rolloutv1connect.RolloutServiceName, fleetv1connect.FleetServiceName)
+	services := []string{rolloutv1connect.RolloutServiceName, fleetv1connect.FleetServiceName}
+	if mo.flags != nil {
+		mux.Handle(flagv1connect.NewFlagServiceHandler(mo.flags, opts))
+		services = append(services, flagv1connect.FlagServiceName)
+	}
+	reflector := grpcreflect.NewStaticReflector(services...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 	return nil

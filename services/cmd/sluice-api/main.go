@@ -1,7 +1,8 @@
-// Command sluice-api serves Sluice's public API: RolloutService and
-// FleetService over Connect, gRPC and gRPC-Web on one h2c port, with gRPC
-// reflection (so `buf curl` can list and call it), plus /metrics, /healthz
-// and /readyz on the same port.
+// Command sluice-api serves Sluice's public API: RolloutService,
+// FleetService and FlagService (flags kept in NATS by flags/store) over
+// Connect, gRPC and gRPC-Web on one h2c port, with gRPC reflection (so
+// `buf curl` can list and call it), plus /metrics, /healthz and /readyz on
+// the same port.
 package main
 
 import (
@@ -22,6 +23,7 @@ import (
 	tlog "go.temporal.io/sdk/log"
 
 	"github.com/sluicehq/sluice/analysis-worker/chstore"
+	flagstore "github.com/sluicehq/sluice/flags/store"
 	"github.com/sluicehq/sluice/services/api"
 	"github.com/sluicehq/sluice/workflows/ops"
 	"github.com/sluicehq/sluice/workflows/store"
@@ -57,14 +59,18 @@ func run() error {
 		return fmt.Errorf("open JetStream: %w", err)
 	}
 	var st *store.Store
+	var flags *flagstore.Store
 	for {
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		st, err = store.Open(octx, js)
+		if err == nil {
+			flags, err = flagstore.Open(octx, js, flagstore.Options{Log: log})
+		}
 		cancel()
 		if err == nil {
 			break
 		}
-		log.Warn("open NATS buckets, retrying", "error", err)
+		log.Warn("open NATS buckets and streams, retrying", "error", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -89,7 +95,7 @@ func run() error {
 		rh.Measurements = ch
 		checks["clickhouse"] = ch.Ping
 	}
-	if err := api.Mount(mux, rh, &api.FleetHandler{Agents: st}); err != nil {
+	if err := api.Mount(mux, rh, &api.FleetHandler{Agents: st}, api.WithFlags(&api.FlagHandler{Flags: flags, Log: log})); err != nil {
 		return err
 	}
 	checks["nats"] = func(context.Context) error {
