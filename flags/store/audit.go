@@ -29,9 +29,11 @@ type Event struct {
 	Revision uint64 `json:"revision"`
 	// PreviousRevision is the revision it replaced (0 for a creation).
 	PreviousRevision uint64 `json:"previousRevision,omitempty"`
-	// Before is the JSON before the change, null when there was none.
+	// Before is the JSON before the change: null in the stream, nil from
+	// History, when there was none.
 	Before json.RawMessage `json:"before"`
-	// After is the JSON after the change, null after a delete.
+	// After is the JSON after the change (null, or nil from History, after a
+	// delete).
 	After json.RawMessage `json:"after"`
 	// Sequence is the event's position in the audit stream (set by History).
 	Sequence uint64 `json:"-"`
@@ -257,6 +259,7 @@ func (s *Store) History(ctx context.Context, envName, key string, after uint64, 
 			return nil, 0, fmt.Errorf("decode audit event %d: %w", m.Sequence, err)
 		}
 		ev.Sequence = m.Sequence
+		ev.Before, ev.After = nullable(ev.Before), nullable(ev.After)
 		out = append(out, ev)
 		seq = m.Sequence + 1
 	}
@@ -265,4 +268,12 @@ func (s *Store) History(ctx context.Context, envName, key string, after uint64, 
 		return out, 0, nil
 	}
 	return out, seq - 1, nil
+}
+
+// nullable turns a JSON null into nil.
+func nullable(raw json.RawMessage) json.RawMessage {
+	if string(raw) == "null" {
+		return nil
+	}
+	return raw
 }
