@@ -29,6 +29,16 @@ const selectorEnvPrefix = "env:"
 // it is DefaultEnvironment.
 // Errors describe the bad input, for an InvalidArgument or HTTP 400.
 func Environment(h http.Header, selector string) (string, error) {
+	env, err := namedEnvironment(h, selector)
+	if err != nil || env != "" {
+		return env, err
+	}
+	return DefaultEnvironment, nil
+}
+
+// namedEnvironment is Environment without the default: "" when the request
+// names no environment.
+func namedEnvironment(h http.Header, selector string) (string, error) {
 	env := ""
 	take := func(where, name string) error {
 		if !validEnv(name) {
@@ -65,9 +75,6 @@ func Environment(h http.Header, selector string) (string, error) {
 		if err := take(fmt.Sprintf("selector %q", sel), name); err != nil {
 			return "", err
 		}
-	}
-	if env == "" {
-		return DefaultEnvironment, nil
 	}
 	return env, nil
 }

@@ -45,7 +45,7 @@ type request struct {
 	now time.Time
 }
 
-func (h *evaluationService) prepare(ctx context.Context, header http.Header, pbctx *structpb.Struct) (request, error) {
+func (s *Server) prepare(ctx context.Context, header http.Header, pbctx *structpb.Struct) (request, error) {
 	env, err := Environment(header, "")
 	if err != nil {
 		return request{}, connect.NewError(connect.CodeInvalidArgument, err)
@@ -54,11 +54,11 @@ func (h *evaluationService) prepare(ctx context.Context, header http.Header, pbc
 	if err != nil {
 		return request{}, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("context: %w", err))
 	}
-	_, st, err := h.s.view(ctx, env)
+	_, st, err := s.view(ctx, env)
 	if err != nil {
-		return request{}, h.s.connectError(ctx, env, err)
+		return request{}, s.connectError(ctx, env, err)
 	}
-	return request{st: st, ec: ec, now: h.s.now()}, nil
+	return request{st: st, ec: ec, now: s.now()}, nil
 }
 
 // connectError translates a failure to get an environment's flags.
@@ -105,18 +105,59 @@ func metadataStruct(m map[string]any) (*structpb.Struct, error) {
 	return s, nil
 }
 
-// ResolveBoolean evaluates a boolean flag.
-func (h *evaluationService) ResolveBoolean(ctx context.Context, req *connect.Request[evaluationv1.ResolveBooleanRequest]) (*connect.Response[evaluationv1.ResolveBooleanResponse], error) {
-	in, err := h.prepare(ctx, req.Header(), req.Msg.GetContext())
+// resolve evaluates one flag for a flagd Resolve call, with f choosing the
+// type; it returns the result and its metadata, or the error flagd would.
+func resolve[T any](ctx context.Context, s *Server, header http.Header, key string, pbctx *structpb.Struct,
+	f func(e *eval.Evaluator, key string, ec eval.Context, now time.Time) eval.Result[T]) (eval.Result[T], *structpb.Struct, error) {
+	in, err := s.prepare(ctx, header, pbctx)
 	if err != nil {
-		return nil, err
+		return eval.Result[T]{}, nil, err
 	}
-	key := req.Msg.GetFlagKey()
-	r := in.st.eval.Boolean(key, false, in.ec, in.now)
+	r := f(in.st.eval, key, in.ec, in.now)
 	if err := evalError(key, r.ErrorCode, r.ErrorMessage); err != nil {
-		return nil, err
+		return r, nil, err
 	}
 	md, err := metadataStruct(r.Metadata)
+	return r, md, err
+}
+
+func resolveBoolean(e *eval.Evaluator, key string, ec eval.Context, now time.Time) eval.Result[bool] {
+	return e.Boolean(key, false, ec, now)
+}
+
+func resolveString(e *eval.Evaluator, key string, ec eval.Context, now time.Time) eval.Result[string] {
+	return e.String(key, "", ec, now)
+}
+
+func resolveFloat(e *eval.Evaluator, key string, ec eval.Context, now time.Time) eval.Result[float64] {
+	return e.Float(key, 0, ec, now)
+}
+
+func resolveInt(e *eval.Evaluator, key string, ec eval.Context, now time.Time) eval.Result[int64] {
+	return e.Int(key, 0, ec, now)
+}
+
+func resolveObject(e *eval.Evaluator, key string, ec eval.Context, now time.Time) eval.Result[any] {
+	return e.Object(key, nil, ec, now)
+}
+
+// objectValue converts an object flag's value; nil when no variant was
+// selected.
+func objectValue(key string, r eval.Result[any]) (*structpb.Struct, error) {
+	if r.Variant == "" {
+		return nil, nil
+	}
+	m, _ := r.Value.(map[string]any) // Object guarantees a JSON object
+	v, err := structpb.NewStruct(m)
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("encode the value of %q: %w", key, err))
+	}
+	return v, nil
+}
+
+// ResolveBoolean evaluates a boolean flag.
+func (h *evaluationService) ResolveBoolean(ctx context.Context, req *connect.Request[evaluationv1.ResolveBooleanRequest]) (*connect.Response[evaluationv1.ResolveBooleanResponse], error) {
+	r, md, err := resolve(ctx, h.s, req.Header(), req.Msg.GetFlagKey(), req.Msg.GetContext(), resolveBoolean)
 	if err != nil {
 		return nil, err
 	}
@@ -125,16 +166,7 @@ func (h *evaluationService) ResolveBoolean(ctx context.Context, req *connect.Req
 
 // ResolveString evaluates a string flag.
 func (h *evaluationService) ResolveString(ctx context.Context, req *connect.Request[evaluationv1.ResolveStringRequest]) (*connect.Response[evaluationv1.ResolveStringResponse], error) {
-	in, err := h.prepare(ctx, req.Header(), req.Msg.GetContext())
-	if err != nil {
-		return nil, err
-	}
-	key := req.Msg.GetFlagKey()
-	r := in.st.eval.String(key, "", in.ec, in.now)
-	if err := evalError(key, r.ErrorCode, r.ErrorMessage); err != nil {
-		return nil, err
-	}
-	md, err := metadataStruct(r.Metadata)
+	r, md, err := resolve(ctx, h.s, req.Header(), req.Msg.GetFlagKey(), req.Msg.GetContext(), resolveString)
 	if err != nil {
 		return nil, err
 	}
@@ -143,16 +175,7 @@ func (h *evaluationService) ResolveString(ctx context.Context, req *connect.Requ
 
 // ResolveFloat evaluates a numeric flag as a float.
 func (h *evaluationService) ResolveFloat(ctx context.Context, req *connect.Request[evaluationv1.ResolveFloatRequest]) (*connect.Response[evaluationv1.ResolveFloatResponse], error) {
-	in, err := h.prepare(ctx, req.Header(), req.Msg.GetContext())
-	if err != nil {
-		return nil, err
-	}
-	key := req.Msg.GetFlagKey()
-	r := in.st.eval.Float(key, 0, in.ec, in.now)
-	if err := evalError(key, r.ErrorCode, r.ErrorMessage); err != nil {
-		return nil, err
-	}
-	md, err := metadataStruct(r.Metadata)
+	r, md, err := resolve(ctx, h.s, req.Header(), req.Msg.GetFlagKey(), req.Msg.GetContext(), resolveFloat)
 	if err != nil {
 		return nil, err
 	}
@@ -161,16 +184,7 @@ func (h *evaluationService) ResolveFloat(ctx context.Context, req *connect.Reque
 
 // ResolveInt evaluates a numeric flag as an integer.
 func (h *evaluationService) ResolveInt(ctx context.Context, req *connect.Request[evaluationv1.ResolveIntRequest]) (*connect.Response[evaluationv1.ResolveIntResponse], error) {
-	in, err := h.prepare(ctx, req.Header(), req.Msg.GetContext())
-	if err != nil {
-		return nil, err
-	}
-	key := req.Msg.GetFlagKey()
-	r := in.st.eval.Int(key, 0, in.ec, in.now)
-	if err := evalError(key, r.ErrorCode, r.ErrorMessage); err != nil {
-		return nil, err
-	}
-	md, err := metadataStruct(r.Metadata)
+	r, md, err := resolve(ctx, h.s, req.Header(), req.Msg.GetFlagKey(), req.Msg.GetContext(), resolveInt)
 	if err != nil {
 		return nil, err
 	}
@@ -179,34 +193,23 @@ func (h *evaluationService) ResolveInt(ctx context.Context, req *connect.Request
 
 // ResolveObject evaluates an object flag.
 func (h *evaluationService) ResolveObject(ctx context.Context, req *connect.Request[evaluationv1.ResolveObjectRequest]) (*connect.Response[evaluationv1.ResolveObjectResponse], error) {
-	in, err := h.prepare(ctx, req.Header(), req.Msg.GetContext())
-	if err != nil {
-		return nil, err
-	}
 	key := req.Msg.GetFlagKey()
-	r := in.st.eval.Object(key, nil, in.ec, in.now)
-	if err := evalError(key, r.ErrorCode, r.ErrorMessage); err != nil {
-		return nil, err
-	}
-	md, err := metadataStruct(r.Metadata)
+	r, md, err := resolve(ctx, h.s, req.Header(), key, req.Msg.GetContext(), resolveObject)
 	if err != nil {
 		return nil, err
 	}
-	out := &evaluationv1.ResolveObjectResponse{Reason: string(r.Reason), Variant: r.Variant, Metadata: md}
-	if r.Variant != "" {
-		m, _ := r.Value.(map[string]any) // Object guarantees a JSON object
-		if out.Value, err = structpb.NewStruct(m); err != nil {
-			return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("encode the value of %q: %w", key, err))
-		}
+	v, err := objectValue(key, r)
+	if err != nil {
+		return nil, err
 	}
-	return connect.NewResponse(out), nil
+	return connect.NewResponse(&evaluationv1.ResolveObjectResponse{Value: v, Reason: string(r.Reason), Variant: r.Variant, Metadata: md}), nil
 }
 
 // ResolveAll evaluates every flag of the environment. As flagd does, it
 // leaves out the flags without a value to send: disabled flags, flags with
 // no default variant to serve, and flags whose evaluation failed.
 func (h *evaluationService) ResolveAll(ctx context.Context, req *connect.Request[evaluationv1.ResolveAllRequest]) (*connect.Response[evaluationv1.ResolveAllResponse], error) {
-	in, err := h.prepare(ctx, req.Header(), req.Msg.GetContext())
+	in, err := h.s.prepare(ctx, req.Header(), req.Msg.GetContext())
 	if err != nil {
 		return nil, err
 	}
@@ -250,17 +253,21 @@ func (h *evaluationService) ResolveAll(ctx context.Context, req *connect.Request
 // stops following the environment: then it ends with Unavailable and
 // providers reconnect).
 func (h *evaluationService) EventStream(ctx context.Context, req *connect.Request[evaluationv1.EventStreamRequest], stream *connect.ServerStream[evaluationv1.EventStreamResponse]) error {
-	s := h.s
-	env, err := Environment(req.Header(), "")
+	return h.s.eventStream(ctx, req.Header(), func(typ string, data *structpb.Struct) error {
+		return stream.Send(&evaluationv1.EventStreamResponse{Type: typ, Data: data})
+	})
+}
+
+// eventStream runs flagd's EventStream (v1 and v2) with send writing one
+// event. A stream that names an environment reports its changes; one that
+// names none reports the changes of every environment the Server serves,
+// because flagd providers send their selector with evaluations but not
+// with the event stream, and a provider that misses a change keeps serving
+// stale cached values.
+func (s *Server) eventStream(ctx context.Context, header http.Header, send func(typ string, data *structpb.Struct) error) error {
+	env, err := namedEnvironment(header, "")
 	if err != nil {
 		return connect.NewError(connect.CodeInvalidArgument, err)
-	}
-	v, last, err := s.view(ctx, env)
-	if err != nil {
-		return s.connectError(ctx, env, err)
-	}
-	if err := stream.Send(&evaluationv1.EventStreamResponse{Type: eventProviderReady}); err != nil {
-		return err
 	}
 	var tick <-chan time.Time
 	if s.keep > 0 {
@@ -268,10 +275,78 @@ func (h *evaluationService) EventStream(ctx context.Context, req *connect.Reques
 		defer t.Stop()
 		tick = t.C
 	}
+	// wait blocks until changed, a keep-alive tick or the end; false when
+	// the stream is over.
+	wait := func(changed <-chan struct{}) (bool, error) {
+		for {
+			select {
+			case <-ctx.Done():
+				return false, nil
+			case <-s.ctx.Done():
+				return false, connect.NewError(connect.CodeUnavailable, errClosed)
+			case <-tick:
+				if err := send(eventKeepAlive, nil); err != nil {
+					return false, err
+				}
+			case <-changed:
+				return true, nil
+			}
+		}
+	}
+	sendChanges := func(changes map[string]string) error {
+		data, err := changesStruct(changes)
+		if err != nil || data == nil {
+			return err
+		}
+		return send(eventConfigurationChange, data)
+	}
+
+	if env == "" {
+		s.mu.Lock()
+		closed := s.closed
+		s.mu.Unlock()
+		if closed {
+			return connect.NewError(connect.CodeUnavailable, errClosed)
+		}
+		seen, changed := s.states()
+		if err := send(eventProviderReady, nil); err != nil {
+			return err
+		}
+		for {
+			if ok, err := wait(changed); !ok {
+				return err
+			}
+			var now map[string]*state
+			now, changed = s.states()
+			changes := map[string]string{}
+			for env, st := range now {
+				if old, ok := seen[env]; ok && old != st {
+					for k, typ := range st.changes(old) {
+						changes[k] = typ
+					}
+				}
+				// An environment followed since the stream began starts
+				// silently; one no longer followed keeps its last state, to
+				// compare with when it is followed again.
+				seen[env] = st
+			}
+			if err := sendChanges(changes); err != nil {
+				return err
+			}
+		}
+	}
+
+	v, last, err := s.view(ctx, env)
+	if err != nil {
+		return s.connectError(ctx, env, err)
+	}
+	if err := send(eventProviderReady, nil); err != nil {
+		return err
+	}
 	for {
 		st, ended, changed := v.current()
 		if st != last {
-			if err := sendChanges(stream, st.changes(last)); err != nil {
+			if err := sendChanges(st.changes(last)); err != nil {
 				return err
 			}
 			last = st
@@ -280,25 +355,17 @@ func (h *evaluationService) EventStream(ctx context.Context, req *connect.Reques
 		if ended != nil {
 			return s.streamEnd(ctx, env, ended)
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-s.ctx.Done():
-			return connect.NewError(connect.CodeUnavailable, errClosed)
-		case <-tick:
-			if err := stream.Send(&evaluationv1.EventStreamResponse{Type: eventKeepAlive}); err != nil {
-				return err
-			}
-		case <-changed:
+		if ok, err := wait(changed); !ok {
+			return err
 		}
 	}
 }
 
-// sendChanges sends a configuration_change event naming the changed flags;
-// nothing when none changed.
-func sendChanges(stream *connect.ServerStream[evaluationv1.EventStreamResponse], changes map[string]string) error {
+// changesStruct is the data of a configuration_change event naming the
+// changed flags; nil when none changed.
+func changesStruct(changes map[string]string) (*structpb.Struct, error) {
 	if len(changes) == 0 {
-		return nil
+		return nil, nil
 	}
 	flags := make(map[string]any, len(changes))
 	for k, typ := range changes {
@@ -306,9 +373,9 @@ func sendChanges(stream *connect.ServerStream[evaluationv1.EventStreamResponse],
 	}
 	data, err := structpb.NewStruct(map[string]any{"flags": flags})
 	if err != nil {
-		return connect.NewError(connect.CodeInternal, fmt.Errorf("encode changed flags: %w", err))
+		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("encode changed flags: %w", err))
 	}
-	return stream.Send(&evaluationv1.EventStreamResponse{Type: eventConfigurationChange, Data: data})
+	return data, nil
 }
 
 // streamEnd is the error that ends a stream whose environment is no longer

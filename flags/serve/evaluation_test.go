@@ -332,3 +332,40 @@ func TestCloseEndsStreams(t *testing.T) {
 		t.Errorf("resolve after Close: %v, want Unavailable", err)
 	}
 }
+
+// flagd providers send their selector with evaluations but not with the
+// event stream: a stream naming no environment reports changes of every
+// environment served.
+func TestFlagdEventStreamOfEveryEnvironment(t *testing.T) {
+	f := newFixture(t, serve.Options{})
+	c := evaluationv1connect.NewServiceClient(h2cClient(t), f.url, connect.WithGRPC())
+	ctx := testContext(t)
+	s, err := c.EventStream(ctx, connect.NewRequest(&evaluationv1.EventStreamRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if ev := receive(t, s); ev.Type != "provider_ready" {
+		t.Fatalf("first event %q", ev.Type)
+	}
+	// A provider selecting staging evaluates: the server follows staging.
+	if _, err := resolve(ctx, c, "string", "banner", nil, http.Header{"Flagd-Selector": {"env:staging"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.src.Put("staging", []byte(`{"flags": {"banner": {"state": "DISABLED", "variants": {"red": "#ff0000"}, "defaultVariant": "red"}}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := changedFlags(t, receive(t, s)), []string{"banner=update"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after the staging change: %v, want %v", got, want)
+	}
+	if _, err := resolve(ctx, c, "bool", "new-checkout", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.src.Put("dev", []byte(`{"flags": {}}`)); err != nil {
+		t.Fatal(err)
+	}
+	got := changedFlags(t, receive(t, s))
+	if len(got) != 10 || got[0] != "banner=delete" {
+		t.Errorf("after the dev change: %v, want the deletion of the 10 flags", got)
+	}
+}

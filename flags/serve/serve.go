@@ -7,7 +7,9 @@
 //   - flagd's evaluation service, flagd.evaluation.v1.Service (ResolveBoolean,
 //     ResolveString, ResolveInt, ResolveFloat, ResolveObject, ResolveAll and
 //     the EventStream of change notifications), for OpenFeature flagd
-//     providers in RPC mode;
+//     providers in RPC mode, and its successor flagd.evaluation.v2.Service
+//     (the same without ResolveAll, with "no value: use your default"),
+//     which newer providers call;
 //   - flagd's sync service, flagd.sync.v1.FlagSyncService (SyncFlags,
 //     FetchAllFlags, GetMetadata), which sends the whole flag configuration
 //     on every change, for flagd instances and in-process flagd providers.
@@ -34,6 +36,7 @@ import (
 
 	"github.com/sluicehq/sluice/flags/source"
 	"github.com/sluicehq/sluice/proto/gen/flagd/evaluation/v1/evaluationv1connect"
+	"github.com/sluicehq/sluice/proto/gen/flagd/evaluation/v2/evaluationv2connect"
 	"github.com/sluicehq/sluice/proto/gen/flagd/sync/v1/syncv1connect"
 )
 
@@ -44,6 +47,8 @@ const (
 	OFREPPath = "/ofrep/v1/"
 	// EvaluationPath is the prefix of flagd.evaluation.v1.Service.
 	EvaluationPath = "/" + evaluationv1connect.ServiceName + "/"
+	// EvaluationV2Path is the prefix of flagd.evaluation.v2.Service.
+	EvaluationV2Path = "/" + evaluationv2connect.ServiceName + "/"
 	// SyncPath is the prefix of flagd.sync.v1.FlagSyncService.
 	SyncPath = "/" + syncv1connect.FlagSyncServiceName + "/"
 )
@@ -83,15 +88,16 @@ type Server struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	views  map[string]*view
-	closed bool
+	mu      sync.Mutex
+	views   map[string]*view
+	changed chan struct{} // closed and replaced when any view changes
+	closed  bool
 }
 
 // New returns a Server that serves the flags of src. It starts nothing
 // until the first request for an environment.
 func New(src source.Source, opts Options) *Server {
-	s := &Server{src: src, now: opts.Now, log: opts.Logger, keep: opts.KeepAlive, maxBody: opts.MaxRequestBytes, views: map[string]*view{}}
+	s := &Server{src: src, now: opts.Now, log: opts.Logger, keep: opts.KeepAlive, maxBody: opts.MaxRequestBytes, views: map[string]*view{}, changed: make(chan struct{})}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -112,6 +118,8 @@ func New(src source.Source, opts Options) *Server {
 	mux.HandleFunc("POST "+OFREPPath+"evaluate/flags", s.ofrepBulk)
 	path, h := evaluationv1connect.NewServiceHandler(&evaluationService{s: s}, copts...)
 	mux.Handle(path, h)
+	path, h = evaluationv2connect.NewServiceHandler(&evaluationV2Service{s: s}, copts...)
+	mux.Handle(path, h)
 	path, h = syncv1connect.NewFlagSyncServiceHandler(&syncService{s: s}, copts...)
 	mux.Handle(path, h)
 	s.handler = mux
@@ -122,8 +130,10 @@ func New(src source.Source, opts Options) *Server {
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // Paths returns the path prefixes Handler serves: OFREPPath,
-// EvaluationPath and SyncPath.
-func (s *Server) Paths() []string { return []string{OFREPPath, EvaluationPath, SyncPath} }
+// EvaluationPath, EvaluationV2Path and SyncPath.
+func (s *Server) Paths() []string {
+	return []string{OFREPPath, EvaluationPath, EvaluationV2Path, SyncPath}
+}
 
 // Close stops following the source and ends the open streams (with code
 // Unavailable, so that clients reconnect elsewhere), then waits for its

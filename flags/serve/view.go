@@ -78,8 +78,9 @@ func (st *state) changes(old *state) map[string]string {
 // view follows one environment: a goroutine owned by the Server runs the
 // source's Watch and publishes each snapshot as a state.
 type view struct {
-	env   string
-	ready chan struct{} // closed at the first state or when the watch ends
+	env      string
+	ready    chan struct{} // closed at the first state or when the watch ends
+	onChange func()        // called, without v.mu, after every change
 
 	mu      sync.Mutex // guards the fields below
 	cur     *state
@@ -97,7 +98,6 @@ func (v *view) current() (*state, error, <-chan struct{}) {
 
 func (v *view) publish(st *state) {
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	first := v.cur == nil
 	v.cur = st
 	close(v.changed)
@@ -105,17 +105,20 @@ func (v *view) publish(st *state) {
 	if first {
 		close(v.ready)
 	}
+	v.mu.Unlock()
+	v.onChange()
 }
 
 func (v *view) end(err error) {
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	if v.cur == nil {
 		close(v.ready)
 	}
 	v.err = err
 	close(v.changed)
 	v.changed = make(chan struct{})
+	v.mu.Unlock()
+	v.onChange()
 }
 
 // view returns the view of env, starting its watch if nobody follows env
@@ -129,7 +132,7 @@ func (s *Server) view(ctx context.Context, env string) (*view, *state, error) {
 	}
 	v := s.views[env]
 	if v == nil {
-		v = &view{env: env, ready: make(chan struct{}), changed: make(chan struct{})}
+		v = &view{env: env, ready: make(chan struct{}), changed: make(chan struct{}), onChange: s.notify}
 		s.views[env] = v
 		s.wg.Add(1)
 		go s.follow(v)
@@ -146,6 +149,28 @@ func (s *Server) view(ctx context.Context, env string) (*view, *state, error) {
 		return nil, nil, err
 	}
 	return v, st, nil
+}
+
+// notify wakes the streams that follow every environment.
+func (s *Server) notify() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// states returns the current state of every environment followed (that
+// has one), and a channel closed at the next change of any of them.
+func (s *Server) states() (map[string]*state, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]*state, len(s.views))
+	for env, v := range s.views {
+		if st, _, _ := v.current(); st != nil {
+			out[env] = st
+		}
+	}
+	return out, s.changed
 }
 
 // follow runs the source's Watch for v until the Server closes or the
