@@ -12,7 +12,6 @@ require (
 require (
 	buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go v1.36.12-20260825204119-511051f7f437.1 // indirect
 	github.com/ClickHouse/ch-go v0.75.0 // indirect
-	github.com/ClickHouse/clickhouse-go/v2 v2.51.0 // indirect
 	github.com/andybalholm/brotli v1.2.7 // indirect
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
@@ -37,8 +36,6 @@ require (
 	github.com/nexus-rpc/sdk-go v0.7.0 // indirect
 	github.com/paulmach/orb v0.14.0 // indirect
 	github.com/pierrec/lz4/v4 v4.1.33 // indirect
-	github.com/prometheus/client_golang v1.25.0 // indirect
-	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/robfig/cron v1.2.0 // indirect
@@ -48,8 +45,6 @@ require (
 	github.com/stretchr/testify v1.12.1 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect
 	go.opentelemetry.io/otel/trace v1.47.0 // indirect
-	go.temporal.io/api v1.64.3 // indirect
-	go.temporal.io/sdk v1.51.0 // indirect
 	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/net v0.62.0 // indirect
@@ -63,10 +58,17 @@ require (
 )
 
 require (
+	github.com/ClickHouse/clickhouse-go/v2 v2.51.0
 	github.com/aclements/go-moremath v0.0.0-20210112150236-f10218a38794
+	github.com/prometheus/client_golang v1.25.0
+	github.com/prometheus/client_model v0.6.3
 	github.com/sluicehq/sluice/agent v0.0.0
+	github.com/sluicehq/sluice/analysis-worker v0.0.0
 	github.com/sluicehq/sluice/devstack v0.0.0
 	github.com/sluicehq/sluice/proto v0.0.0
+	github.com/sluicehq/sluice/workflows v0.0.0
+	go.temporal.io/api v1.64.3
+	go.temporal.io/sdk v1.51.0
 )
 
 replace github.com/sluicehq/sluice/core => ../core
@@ -76,3 +78,7 @@ replace github.com/sluicehq/sluice/agent => ../agent
 replace github.com/sluicehq/sluice/devstack => ../devstack
 
 replace github.com/sluicehq/sluice/proto => ../proto
+
+replace github.com/sluicehq/sluice/analysis-worker => ../analysis-worker
+
+replace github.com/sluicehq/sluice/workflows => ../workflows

@@ -3,9 +3,9 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
@@ -93,12 +93,16 @@ func runFleetChild(ctx context.Context, cfg fleetChildConfig) error {
 		}
 	})
 
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	defer writerDone.Wait()
+
 	initial := route.Desired{Service: cfg.Service, Backends: []route.Backend{{Revision: cfg.Stable, Weight: 100}}}
 	loops := make([]*sync.Loop, cfg.N)
 	for i := range loops {
 		i := i
 		l, err := sync.New(sync.Options{
 			ID:      simID(i),
+			Logger:  log.With("agent", simID(i)),
 			Labels:  simLabels(i),
 			Version: "bench-sim",
 			NATSURL: cfg.NATSURL,
@@ -132,8 +136,13 @@ func runFleetChild(ctx context.Context, cfg fleetChildConfig) error {
 		for _, l := range loops[lo:hi] {
 			wg.Go(func() { _ = l.Run(ctx) })
 		}
-		for _, l := range loops[lo:hi] {
+		batchStart := time.Now()
+		for j, l := range loops[lo:hi] {
 			for !l.Status().Synced || l.Status().LastReport.IsZero() {
+				if time.Since(batchStart) > time.Minute {
+					cancel()
+					return fmt.Errorf("%s not synced a minute after it started: %+v (warnings above say why)", simID(lo+j), l.Status())
+				}
 				select {
 				case <-ctx.Done():
 					return nil
@@ -141,6 +150,7 @@ func runFleetChild(ctx context.Context, cfg fleetChildConfig) error {
 				}
 			}
 		}
+		fmt.Fprintf(os.Stderr, "%s agents %d-%d synced\n", time.Since(start).Round(time.Millisecond), lo, hi-1)
 	}
 	fmt.Fprintf(os.Stdout, "READY %d %d\n", len(loops), time.Since(start).Milliseconds())
 	<-ctx.Done()
@@ -152,10 +162,10 @@ func runFleetChild(ctx context.Context, cfg fleetChildConfig) error {
 
 // simFleet is the parent's handle on the child process.
 type simFleet struct {
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	done   chan error
-	ready  chan int
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	done  chan error
+	ready chan int
 }
 
 // startSimFleet starts the child and forwards its APPLY lines to tl as
@@ -211,13 +221,13 @@ func startSimFleet(ctx context.Context, cfg fleetChildConfig, tl *timeline, logP
 		fmt.Printf("simulated fleet: %d agent loops connected and synced in %s\n", cfg.N, time.Duration(ms)*time.Millisecond)
 		return f, nil
 	case err := <-f.done:
-		return nil, fmt.Errorf("simulated fleet exited before it was ready: %v (log %s)", err, logPath)
+		return nil, fmt.Errorf("simulated fleet exited before it was ready: %v; last lines of %s:\n%s", err, logPath, tail(logPath, 6))
 	case <-ctx.Done():
 		f.stop()
 		return nil, ctx.Err()
 	case <-time.After(5 * time.Minute):
 		f.stop()
-		return nil, errors.New("simulated fleet not ready after 5 minutes")
+		return nil, fmt.Errorf("simulated fleet not ready after 5 minutes; last lines of %s:\n%s", logPath, tail(logPath, 6))
 	}
 }
 
@@ -231,4 +241,14 @@ func (f *simFleet) stop() {
 		_ = f.cmd.Process.Kill()
 		<-f.done
 	}
+}
+
+// tail returns the last n lines of a file.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

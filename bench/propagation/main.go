@@ -3,7 +3,7 @@
 // new routing, on the real stack (devstack/stack: NATS, the Temporal dev
 // server, the worker and the API as separate processes from bin/).
 //
-//	make bench-propagation                 # 30 rollouts on 3 agents, 10 on 1,000
+//	make bench-propagation                 # 30 rollouts on 3 agents, 30 on 1,000
 //	go run ./bench/propagation -quick      # 5 and 3 rollouts: under a minute
 //
 // Two fleets:
@@ -49,9 +49,11 @@ import (
 	"connectrpc.com/connect"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.temporal.io/sdk/client"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/sluicehq/sluice/core/bus"
+	corerollout "github.com/sluicehq/sluice/core/rollout"
 	"github.com/sluicehq/sluice/core/route"
 	"github.com/sluicehq/sluice/devstack/stack"
 	fleetv1 "github.com/sluicehq/sluice/proto/gen/sluice/fleet/v1"
@@ -68,6 +70,7 @@ type options struct {
 	sim           int
 	batch         int
 	probeInterval time.Duration
+	probeIdle     time.Duration
 	stageTimeout  time.Duration
 	keep          bool
 	skipReal      bool
@@ -83,10 +86,11 @@ func main() {
 	candidate := flag.String("candidate", "", "internal: candidate revision for -fleet-child")
 	flag.BoolVar(&o.quick, "quick", false, "quick mode: 5 rollouts on the real agents and 3 on the simulated fleet (under a minute)")
 	flag.IntVar(&o.realReps, "real-reps", 30, "rollouts measured on the 3 real agents")
-	flag.IntVar(&o.simReps, "sim-reps", 10, "rollouts measured on the simulated fleet")
+	flag.IntVar(&o.simReps, "sim-reps", 30, "rollouts measured on the simulated fleet")
 	flag.IntVar(&o.sim, "sim", 1000, "simulated agents (each its own agent/sync loop and NATS connection)")
 	flag.IntVar(&o.batch, "fleet-batch", 50, "simulated agents started at a time")
-	flag.DurationVar(&o.probeInterval, "probe-interval", time.Millisecond, "how often each real agent is probed while a change is awaited")
+	flag.DurationVar(&o.probeInterval, "probe-interval", time.Millisecond, "how often each real agent is probed once the desired state is published")
+	flag.DurationVar(&o.probeIdle, "probe-idle-interval", 20*time.Millisecond, "how often each real agent is probed before the desired state is published")
 	flag.DurationVar(&o.stageTimeout, "stage-timeout", 30*time.Second, "give up on one change after this long")
 	flag.BoolVar(&o.keep, "keep", false, "keep the stack's directory (logs, data) after the run")
 	flag.BoolVar(&o.skipReal, "skip-real", false, "skip the 3-agent fleet")
@@ -116,11 +120,17 @@ func main() {
 // the API call.
 type stageResult struct {
 	api      time.Duration // the API call returned
-	desired  time.Duration // the desired state was stored in the KV bucket
+	desired  time.Duration // the desired state was stored (JetStream's timestamp)
 	first    time.Duration // the first agent served it
 	all      time.Duration // every agent served it
+	record   time.Duration // the workflow stored the status with the step applied
 	status   time.Duration // WatchRollout showed the step applied
 	perAgent dist
+	// CPU used from just before the call until every agent served, and
+	// from then until the status showed the step applied.
+	cpuServe, cpuConfirm cpuDelta
+	t0                   time.Time     // just before the API call
+	temporal             temporalTimes // from the workflow's history
 }
 
 type fleetResult struct {
@@ -129,13 +139,20 @@ type fleetResult struct {
 	promote  []stageResult
 	abort    []stageResult
 	probeRTT dist
+	cpuIdle  string // CPU use with the fleet connected and idle
+	cpuRun   string // CPU use while the rollouts ran
 }
 
 type bench struct {
-	o        options
-	s        *stack.Stack
-	rollouts rolloutv1connect.RolloutServiceClient
-	tl       *timeline
+	o          options
+	dir        string
+	s          *stack.Stack
+	rollouts   rolloutv1connect.RolloutServiceClient
+	tl         *timeline
+	meter      *cpuMeter // the fleet being measured
+	temporal   client.Client
+	desiredKV  jetstream.KeyValue
+	rolloutsKV jetstream.KeyValue
 }
 
 // fleet is what a stage waits on.
@@ -172,12 +189,16 @@ func run(ctx context.Context, o options) error {
 	defer s.Stop()
 	fmt.Printf("stack started in %s (NATS %s, API %s, %d agents)\n", time.Since(startAt).Round(time.Millisecond), s.NATS.ClientURL(), s.APIURL, len(s.Agents))
 
-	b := &bench{o: o, s: s, rollouts: s.Rollouts(), tl: newTimeline()}
-	stopDesired, err := b.watchDesired(ctx)
+	b := &bench{o: o, dir: dir, s: s, rollouts: s.Rollouts(), tl: newTimeline()}
+	if b.temporal, err = dialTemporal(ctx, s.Temporal.HostPort()); err != nil {
+		return fmt.Errorf("connect to Temporal: %w", err)
+	}
+	defer b.temporal.Close()
+	closeNATS, err := b.connectNATS(ctx)
 	if err != nil {
 		return err
 	}
-	defer stopDesired()
+	defer closeNATS()
 
 	var results []fleetResult
 	if !o.skipReal {
@@ -188,7 +209,7 @@ func run(ctx context.Context, o options) error {
 		results = append(results, r)
 	}
 	if !o.skipSim {
-		r, err := b.runSim(ctx, dir)
+		r, err := b.runSim(ctx)
 		if err != nil {
 			return fmt.Errorf("%d simulated agents: %w", o.sim, err)
 		}
@@ -200,50 +221,50 @@ func run(ctx context.Context, o options) error {
 	return nil
 }
 
-// watchDesired marks "desired/<rollout>/<weight>" at the JetStream
-// timestamp of every write of the service's desired state.
-func (b *bench) watchDesired(ctx context.Context) (func(), error) {
+// connectNATS opens the desired-state and rollout buckets for reading and
+// marks "published/<rollout>/<weight>" when this process sees a write of
+// the service's desired state; the probers of the real agents speed up
+// then. It is a plain subscription on the KV subject, not a KV
+// watch: a watch is a JetStream consumer, and the stream's consumers are
+// needed for the agents (see runSim). The time it sees the write lags
+// under load, so the figures use the stored entry's own timestamp
+// (storedAt) instead.
+func (b *bench) connectNATS(ctx context.Context) (func(), error) {
 	nc, err := nats.Connect(b.s.NATS.ClientURL(), nats.Name("bench propagation"))
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS: %w", err)
+	}
+	subject := "$KV." + bus.DesiredBucket + "." + bus.DesiredKey(service)
+	_, err = nc.Subscribe(subject, func(m *nats.Msg) {
+		at := time.Now()
+		var d route.Desired
+		if json.Unmarshal(m.Data, &d) != nil {
+			return
+		}
+		b.tl.mark(publishedKey(d.Rollout, d.WeightOf(stack.CandidateRevision)), at)
+	})
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("subscribe to %s: %w", subject, err)
+	}
+	if err := nc.Flush(); err != nil {
+		nc.Close()
+		return nil, err
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
-	kv, err := js.KeyValue(ctx, bus.DesiredBucket)
-	if err != nil {
+	if b.desiredKV, err = js.KeyValue(ctx, bus.DesiredBucket); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("open %s: %w", bus.DesiredBucket, err)
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	w, err := kv.Watch(wctx, bus.DesiredKey(service), jetstream.UpdatesOnly())
-	if err != nil {
-		cancel()
+	if b.rolloutsKV, err = js.KeyValue(ctx, bus.RolloutsBucket); err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("watch desired state: %w", err)
+		return nil, fmt.Errorf("open %s: %w", bus.RolloutsBucket, err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for e := range w.Updates() {
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			var d route.Desired
-			if json.Unmarshal(e.Value(), &d) != nil {
-				continue
-			}
-			b.tl.mark(fmt.Sprintf("desired/%s/%d", d.Rollout, d.WeightOf(stack.CandidateRevision)), e.Created())
-		}
-	}()
-	return func() {
-		_ = w.Stop()
-		cancel()
-		<-done
-		nc.Close()
-	}, nil
+	return nc.Close, nil
 }
 
 // realFleet probes the stack's agents.
@@ -260,12 +281,13 @@ func (f *realFleet) arm(ctx context.Context, id string, w int32) (func(), error)
 		want = stack.CandidateRevision
 	}
 	pctx, cancel := context.WithCancel(ctx)
+	published := f.b.tl.done(publishedKey(id, w))
 	ready := make(chan error, len(f.probers))
 	done := make(chan struct{}, len(f.probers))
 	for _, p := range f.probers {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			p.await(pctx, want, serveKey(id, w), f.b.tl, ready)
+			p.await(pctx, want, serveKey(id, w), f.b.tl, published, f.b.o.probeIdle, ready)
 		}()
 	}
 	stop := func() {
@@ -297,7 +319,13 @@ func (b *bench) runReal(ctx context.Context) (fleetResult, error) {
 		f.probers = append(f.probers, newProber(a.ID, a.URL()+"/", b.o.probeInterval))
 	}
 	res := fleetResult{name: fmt.Sprintf("%d real agents", len(f.probers)), agents: len(f.probers)}
-	fmt.Printf("\n-- %s: %d rollouts (probe every %s)\n", res.name, b.o.realReps, b.o.probeInterval)
+	fmt.Printf("\n-- %s: %d rollouts (probe every %s, every %s before the desired state is published)\n", res.name, b.o.realReps, b.o.probeInterval, b.o.probeIdle)
+	meter := newCPUMeter(b.dir, b.s.NATS.ClientURL(), 0)
+	b.meter = meter
+	c0 := meter.sample()
+	time.Sleep(3 * time.Second)
+	c1 := meter.sample()
+	res.cpuIdle = cpuSince(c0, c1)
 	for i := 1; i <= b.o.realReps; i++ {
 		p, a, err := b.rollout(ctx, f, fmt.Sprintf("real-%03d", i), nil)
 		if err != nil {
@@ -307,19 +335,29 @@ func (b *bench) runReal(ctx context.Context) (fleetResult, error) {
 		res.abort = append(res.abort, a)
 		progress(i, p, a)
 	}
+	res.cpuRun = cpuSince(c1, meter.sample())
 	for _, p := range f.probers {
 		res.probeRTT = append(res.probeRTT, p.takeRTTs()...)
 	}
 	return res, nil
 }
 
-func (b *bench) runSim(ctx context.Context, dir string) (fleetResult, error) {
+func (b *bench) runSim(ctx context.Context) (fleetResult, error) {
 	res := fleetResult{name: fmt.Sprintf("%d simulated agents", b.o.sim), agents: b.o.sim}
 	fmt.Printf("\n-- %s: %d rollouts\n", res.name, b.o.simReps)
+	// Every agent's desired-state watch is a consumer on the bucket's
+	// stream, and nats-server 2.15 allows 1,000 consumers per stream unless
+	// configured otherwise: the real agents make room for the simulated ones.
+	for i := range b.s.Agents {
+		if err := b.s.StopAgent(i); err != nil {
+			return res, fmt.Errorf("stop %s: %w", b.s.Agents[i].ID, err)
+		}
+	}
+	fmt.Printf("stopped the %d real agents (their watches would hold %d of the stream's consumers)\n", len(b.s.Agents), len(b.s.Agents))
 	sf, err := startSimFleet(ctx, fleetChildConfig{
 		NATSURL: b.s.NATS.ClientURL(), N: b.o.sim, Service: service,
 		Stable: stack.StableRevision, Candidate: stack.CandidateRevision, Batch: max(1, b.o.batch),
-	}, b.tl, filepath.Join(dir, "logs", "sim-fleet.log"))
+	}, b.tl, filepath.Join(b.dir, "logs", "sim-fleet.log"))
 	if err != nil {
 		return res, err
 	}
@@ -327,6 +365,12 @@ func (b *bench) runSim(ctx context.Context, dir string) (fleetResult, error) {
 	if err := b.waitSimConnected(ctx, b.o.sim); err != nil {
 		return res, err
 	}
+	meter := newCPUMeter(b.dir, b.s.NATS.ClientURL(), sf.cmd.Process.Pid)
+	b.meter = meter
+	c0 := meter.sample()
+	time.Sleep(3 * time.Second)
+	c1 := meter.sample()
+	res.cpuIdle = cpuSince(c0, c1)
 	sel := map[string]string{"bench": "sim"}
 	for i := 1; i <= b.o.simReps; i++ {
 		p, a, err := b.rollout(ctx, simFleetView{n: b.o.sim}, fmt.Sprintf("sim-%03d", i), sel)
@@ -337,6 +381,7 @@ func (b *bench) runSim(ctx context.Context, dir string) (fleetResult, error) {
 		res.abort = append(res.abort, a)
 		progress(i, p, a)
 	}
+	res.cpuRun = cpuSince(c1, meter.sample())
 	return res, nil
 }
 
@@ -359,6 +404,9 @@ func (b *bench) waitSimConnected(ctx context.Context, n int) error {
 			if connected >= n {
 				fmt.Printf("fleet API lists %d connected simulated agents (of %d listed); that ListAgents call took %s\n",
 					connected, len(resp.Msg.GetAgents()), took.Round(time.Millisecond))
+				if c, err := b.desiredConsumers(ctx); err == nil {
+					fmt.Printf("consumers on the desired-state stream: %d\n", c)
+				}
 				return nil
 			}
 		}
@@ -373,9 +421,75 @@ func (b *bench) waitSimConnected(ctx context.Context, n int) error {
 	}
 }
 
-func serveKey(id string, w int32) string   { return fmt.Sprintf("serve/%s/%d", id, w) }
-func statusKey(id string, w int32) string  { return fmt.Sprintf("status/%s/%d", id, w) }
-func desiredKey(id string, w int32) string { return fmt.Sprintf("desired/%s/%d", id, w) }
+// storedAt returns the JetStream timestamp of the latest desired state of
+// the service, which must be rollout id's at candidate weight w (nothing
+// writes it between the change and the status showing it applied). A KV
+// get is a direct read of the stream, no consumer.
+func (b *bench) storedAt(ctx context.Context, id string, w int32) (time.Time, error) {
+	e, err := b.desiredKV.Get(ctx, bus.DesiredKey(service))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the desired state: %w", err)
+	}
+	var d route.Desired
+	if err := json.Unmarshal(e.Value(), &d); err != nil {
+		return time.Time{}, fmt.Errorf("decode the desired state: %w", err)
+	}
+	if d.Rollout != id || d.WeightOf(stack.CandidateRevision) != w {
+		return time.Time{}, fmt.Errorf("latest desired state is rollout %s at %d %%, want %s at %d %%", d.Rollout, d.WeightOf(stack.CandidateRevision), id, w)
+	}
+	return e.Created(), nil
+}
+
+// recordAt returns the JetStream timestamp of the rollout's latest record,
+// which must show the change applied: paused after setWeight 100 (w=100)
+// or aborted (w=0). Nothing publishes another record before the next API
+// call.
+func (b *bench) recordAt(ctx context.Context, id string, w int32) (time.Time, error) {
+	e, err := b.rolloutsKV.Get(ctx, id)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the record of %s: %w", id, err)
+	}
+	var rec corerollout.Record
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return time.Time{}, fmt.Errorf("decode the record of %s: %w", id, err)
+	}
+	st := rec.Status
+	ok := st.Phase == corerollout.PhaseAborted
+	if w == 100 {
+		ok = st.Phase == corerollout.PhasePaused && st.StepIndex == 2 && st.CandidateWeight == 100
+	}
+	if !ok {
+		return time.Time{}, fmt.Errorf("latest record of %s is %s at step %d, weight %d; want the change to %d %% applied", id, st.Phase, st.StepIndex, st.CandidateWeight, w)
+	}
+	return e.Created(), nil
+}
+
+// desiredConsumers counts the consumers on the desired-state bucket's
+// stream: one per agent watch.
+func (b *bench) desiredConsumers(ctx context.Context) (int, error) {
+	nc, err := nats.Connect(b.s.NATS.ClientURL(), nats.Name("bench propagation info"))
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return 0, err
+	}
+	st, err := js.Stream(ctx, "KV_"+bus.DesiredBucket)
+	if err != nil {
+		return 0, err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.State.Consumers, nil
+}
+
+func serveKey(id string, w int32) string     { return fmt.Sprintf("serve/%s/%d", id, w) }
+func statusKey(id string, w int32) string    { return fmt.Sprintf("status/%s/%d", id, w) }
+func publishedKey(id string, w int32) string { return fmt.Sprintf("published/%s/%d", id, w) }
 
 func spec(id string, selector map[string]string) *rolloutv1.RolloutSpec {
 	pause := &rolloutv1.CanaryStep{Step: &rolloutv1.CanaryStep_Pause{Pause: &rolloutv1.Pause{}}}
@@ -424,6 +538,11 @@ func (b *bench) rollout(ctx context.Context, f fleet, id string, selector map[st
 	if err != nil {
 		return promote, abort, fmt.Errorf("abort %s: %w", id, err)
 	}
+	events, err := history(rctx, b.temporal)
+	if err != nil {
+		return promote, abort, err
+	}
+	promote.temporal, abort.temporal = splitHistory(events, promote.t0), splitHistory(events, abort.t0)
 	return promote, abort, nil
 }
 
@@ -493,7 +612,9 @@ func (b *bench) stage(ctx context.Context, f fleet, id string, w int32, call fun
 	}
 	defer stop()
 
+	c0 := b.meter.sample()
 	t0 := time.Now()
+	r.t0 = t0
 	if err := call(ctx); err != nil {
 		return r, fmt.Errorf("API call: %w", err)
 	}
@@ -502,15 +623,22 @@ func (b *bench) stage(ctx context.Context, f fleet, id string, w int32, call fun
 	if err != nil {
 		return r, fmt.Errorf("%w (last status %q)", err, b.tl.lastOf(id))
 	}
+	c1 := b.meter.sample()
 	statusAt, err := b.tl.wait(ctx, statusKey(id, w))
 	if err != nil {
 		return r, fmt.Errorf("%w (last status %q)", err, b.tl.lastOf(id))
 	}
-	desiredAt, err := b.tl.wait(ctx, desiredKey(id, w))
+	r.cpuServe, r.cpuConfirm = delta(c0, c1), delta(c1, b.meter.sample())
+	desiredAt, err := b.storedAt(ctx, id, w)
+	if err != nil {
+		return r, err
+	}
+	recordAt, err := b.recordAt(ctx, id, w)
 	if err != nil {
 		return r, err
 	}
 	r.desired = desiredAt.Sub(t0)
+	r.record = recordAt.Sub(t0)
 	r.status = statusAt.Sub(t0)
 	r.first = time.Duration(1<<63 - 1)
 	for _, at := range agents {
@@ -542,24 +670,44 @@ func report(results []fleetResult) {
 			{"propagation: PromoteRollout (pause → setWeight 100) → every agent serves 100 % candidate", r.promote, 250 * time.Millisecond},
 			{"abort: AbortRollout → every agent serves 0 % candidate", r.abort, time.Second},
 		} {
-			var api, desired, first, all, status, per dist
+			var api, desired, first, all, record, status, per dist
+			var cpuServe, cpuConfirm []cpuDelta
+			var taskStarted, taskCompleted, actStarted, actCompleted dist
 			for _, x := range st.rs {
+				if x.temporal.ok {
+					taskStarted = append(taskStarted, x.temporal.taskStarted)
+					taskCompleted = append(taskCompleted, x.temporal.taskCompleted)
+					actStarted = append(actStarted, x.temporal.actStarted)
+					actCompleted = append(actCompleted, x.temporal.actCompleted)
+				}
+				cpuServe = append(cpuServe, x.cpuServe)
+				cpuConfirm = append(cpuConfirm, x.cpuConfirm)
 				api = append(api, x.api)
 				desired = append(desired, x.desired)
 				first = append(first, x.first)
 				all = append(all, x.all)
+				record = append(record, x.record)
 				status = append(status, x.status)
 				per = append(per, x.perAgent...)
 			}
 			fmt.Printf("\n== %s, %s, %d rollouts\n", st.what, r.name, len(st.rs))
 			fmt.Printf("  every agent serving      %s\n", all.summary())
 			fmt.Printf("  each agent serving       %s\n", per.summary())
-			fmt.Printf("  first agent serving      %s\n", first.summary())
+			fmt.Printf("  in order of events, from just before the API call:\n")
+			fmt.Printf("  worker: task started     %s\n", taskStarted.summary())
+			fmt.Printf("  worker: task completed   %s\n", taskCompleted.summary())
 			fmt.Printf("  API call returned        %s\n", api.summary())
+			fmt.Printf("  ApplyDesired started    %s\n", actStarted.summary())
 			fmt.Printf("  desired state stored     %s\n", desired.summary())
+			fmt.Printf("  first agent serving      %s\n", first.summary())
+			fmt.Printf("  every agent serving      %s\n", all.summary())
+			fmt.Printf("  ApplyDesired completed   %s\n", actCompleted.summary())
+			fmt.Printf("  status record stored     %s\n", record.summary())
 			fmt.Printf("  status shows applied     %s\n", status.summary())
 			fmt.Printf("  every agent serving, raw (ms, sorted): %s\n", all.raw())
 			fmt.Printf("  status shows applied, raw (ms, sorted): %s\n", status.raw())
+			fmt.Printf("  CPU, API call → every agent serving: %s\n", meanCPU(cpuServe))
+			fmt.Printf("  CPU, every agent serving → status shows applied: %s\n", meanCPU(cpuConfirm))
 			if r.agents >= 1000 || st.goal == time.Second {
 				verdict := "met"
 				if p99 := all.p(0.99); p99 > st.goal {
@@ -568,6 +716,8 @@ func report(results []fleetResult) {
 				fmt.Printf("  goal: p99 every agent serving ≤ %s at %s: %s (p99 %s)\n", st.goal, r.name, verdict, ms(all.p(0.99)))
 			}
 		}
+		fmt.Printf("\n  CPU, %s connected and idle: %s\n", r.name, r.cpuIdle)
+		fmt.Printf("  CPU, %s while the rollouts ran: %s\n", r.name, r.cpuRun)
 		if len(r.probeRTT) > 0 {
 			fmt.Printf("\n  probe round trip (%s, the resolution of the real agents' times): %s\n", r.name, r.probeRTT.summary())
 		}
@@ -612,4 +762,3 @@ func loadavg() string {
 	}
 	return strings.Join(f[:3], " ")
 }
-

@@ -64,10 +64,13 @@ func (p *prober) get(ctx context.Context) (string, time.Time, error) {
 }
 
 // await checks that the agent does not serve want yet (reporting on
-// ready), then probes every interval until it does and marks key for the
-// agent at the arrival of the first such answer. A probe that fails is
+// ready), then probes until it does and marks key for the agent at the
+// arrival of the first such answer. It probes every idle interval until
+// published is closed (the desired state was written: no agent can serve
+// it before), then every p.interval, so the probes themselves take little
+// CPU from the stack while the control plane works. A probe that fails is
 // retried; ctx bounds the whole wait.
-func (p *prober) await(ctx context.Context, want, key string, tl *timeline, ready chan<- error) {
+func (p *prober) await(ctx context.Context, want, key string, tl *timeline, published <-chan struct{}, idle time.Duration, ready chan<- error) {
 	rev, _, err := p.get(ctx)
 	switch {
 	case err != nil:
@@ -78,19 +81,24 @@ func (p *prober) await(ctx context.Context, want, key string, tl *timeline, read
 		return
 	}
 	ready <- nil
-	t := time.NewTicker(p.interval)
+	interval := idle
+	t := time.NewTimer(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-published:
+			published, interval = nil, p.interval
 		case <-t.C:
 		}
+		sent := time.Now()
 		rev, at, err := p.get(ctx)
 		if err == nil && rev == want {
 			tl.markAgent(key, p.agent, at)
 			return
 		}
+		t.Reset(max(0, interval-time.Since(sent)))
 	}
 }
 

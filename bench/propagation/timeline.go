@@ -17,6 +17,7 @@ type timeline struct {
 	first   map[string]time.Time
 	agents  map[string]map[string]time.Time
 	last    map[string]string // rollout id → last status message, for errors
+	waiters map[string]chan struct{}
 }
 
 func newTimeline() *timeline {
@@ -25,6 +26,7 @@ func newTimeline() *timeline {
 		first:   map[string]time.Time{},
 		agents:  map[string]map[string]time.Time{},
 		last:    map[string]string{},
+		waiters: map[string]chan struct{}{},
 	}
 }
 
@@ -41,7 +43,28 @@ func (t *timeline) mark(key string, at time.Time) {
 		return
 	}
 	t.first[key] = at
+	if ch, ok := t.waiters[key]; ok {
+		close(ch)
+		delete(t.waiters, key)
+	}
 	t.broadcastLocked()
+}
+
+// done returns a channel that is closed once key is marked.
+func (t *timeline) done(key string) <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.first[key]; ok {
+		ch := make(chan struct{})
+		close(ch)
+		return ch
+	}
+	ch, ok := t.waiters[key]
+	if !ok {
+		ch = make(chan struct{})
+		t.waiters[key] = ch
+	}
+	return ch
 }
 
 // markAgent records that agent reached key at `at` unless it did before.

@@ -21,7 +21,10 @@
 # Environment: ROUNDS, DURATION (seconds), WARMUP (seconds), CONNS,
 # THREADS (wrk threads, default 1), PROFILES ("load serial"), UPSTREAM
 # (nginx|demoapp), BENCH_UPSTREAM_PORT, BENCH_NGINX_PORT, BENCH_AGENT_PORT,
-# BENCH_AGENT_ADMIN_PORT, RESULTS (directory for raw output; default a new
+# BENCH_AGENT_ADMIN_PORT, AGENT_BIN (the agent binary; default
+# bin/sluice-agent), AGENT_B_BIN (a second agent build, e.g. with a proxy
+# change under test: it becomes target "agent-b" in the same rounds, on
+# BENCH_AGENT_PORT+2), RESULTS (directory for raw output; default a new
 # temporary directory, kept).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -44,15 +47,21 @@ UP_PORT=${BENCH_UPSTREAM_PORT:-18090}
 NGINX_PORT=${BENCH_NGINX_PORT:-18081}
 AGENT_PORT=${BENCH_AGENT_PORT:-18082}
 ADMIN_PORT=${BENCH_AGENT_ADMIN_PORT:-18083}
+AGENT_BIN=${AGENT_BIN:-$ROOT/bin/sluice-agent}
+AGENT_B_BIN=${AGENT_B_BIN:-}
+AGENT_B_PORT=$((AGENT_PORT + 2))
+AGENT_B_ADMIN_PORT=$((AGENT_PORT + 3))
 REV=bench@sha256:0000000000000000000000000000000000000000000000000000000000000001
 
 for tool in wrk nginx curl; do
 	command -v "$tool" >/dev/null || { echo "bench/proxy: $tool not found; run scripts/bootstrap.sh bench" >&2; exit 1; }
 done
-for b in sluice-agent sluice-demoapp; do
-	[ -x "$ROOT/bin/$b" ] || { echo "bench/proxy: bin/$b missing; run make build" >&2; exit 1; }
+for b in "$AGENT_BIN" ${AGENT_B_BIN:+"$AGENT_B_BIN"} "$ROOT/bin/sluice-demoapp"; do
+	[ -x "$b" ] || { echo "bench/proxy: $b missing; run make build" >&2; exit 1; }
 done
-for p in "$UP_PORT" "$NGINX_PORT" "$AGENT_PORT" "$ADMIN_PORT"; do
+ports=("$UP_PORT" "$NGINX_PORT" "$AGENT_PORT" "$ADMIN_PORT")
+[ -n "$AGENT_B_BIN" ] && ports+=("$AGENT_B_PORT" "$AGENT_B_ADMIN_PORT")
+for p in "${ports[@]}"; do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 		echo "bench/proxy: port $p is in use; set BENCH_*_PORT" >&2; exit 1
 	fi
@@ -60,7 +69,7 @@ done
 
 W=$(mktemp -d /tmp/sluice-bench-proxy.XXXXXX)
 RESULTS=${RESULTS:-$W}
-mkdir -p "$RESULTS" "$W/up/tmp" "$W/proxy/tmp" "$W/agent-state"
+mkdir -p "$RESULTS" "$W/up/tmp" "$W/proxy/tmp"
 TSV=$RESULTS/results.tsv
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -100,25 +109,35 @@ PIDS+=("$UP_PID")
 wait_http "http://127.0.0.1:$UP_PORT/"
 
 # --- the agent: one service, one revision at 100 %, no NATS ---------------
-cat >"$W/agent.yaml" <<EOF
-id: bench-proxy
+start_agent() { # name binary port admin-port → sets AGENT_STARTED_PID
+	mkdir -p "$W/$1-state"
+	cat >"$W/$1.yaml" <<EOF
+id: bench-$1
 labels: {bench: proxy}
 # Nothing listens here: the agent keeps serving its initial revision and
 # retries the connection in the background (about once a second).
 nats: nats://127.0.0.1:1
-stateDir: $W/agent-state
-admin: 127.0.0.1:$ADMIN_PORT
+stateDir: $W/$1-state
+admin: 127.0.0.1:$4
 services:
   - name: bench
-    listen: 127.0.0.1:$AGENT_PORT
+    listen: 127.0.0.1:$3
     initial: $REV
     revisions:
       $REV: [127.0.0.1:$UP_PORT]
 EOF
-"$ROOT/bin/sluice-agent" --config "$W/agent.yaml" --log-level warn --shutdown-grace 1s 2>"$W/agent.log" &
-AGENT_PID=$!
-PIDS+=("$AGENT_PID")
-wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
+	"$2" --config "$W/$1.yaml" --log-level warn --shutdown-grace 1s 2>"$W/$1.log" &
+	AGENT_STARTED_PID=$!
+	PIDS+=("$AGENT_STARTED_PID")
+	wait_http "http://127.0.0.1:$4/readyz"
+}
+start_agent agent "$AGENT_BIN" "$AGENT_PORT" "$ADMIN_PORT"
+AGENT_PID=$AGENT_STARTED_PID
+AGENT_B_PID=""
+if [ -n "$AGENT_B_BIN" ]; then
+	start_agent agent-b "$AGENT_B_BIN" "$AGENT_B_PORT" "$AGENT_B_ADMIN_PORT"
+	AGENT_B_PID=$AGENT_STARTED_PID
+fi
 
 # --- nginx as the reference proxy ----------------------------------------
 sed -e "s/127.0.0.1:18090/127.0.0.1:$UP_PORT/" -e "s/127.0.0.1:18081/127.0.0.1:$NGINX_PORT/" \
@@ -129,7 +148,7 @@ PIDS+=("$NGINX_PID")
 wait_http "http://127.0.0.1:$NGINX_PORT/"
 
 # Both proxies answer with the upstream's body and the revision header.
-for port in "$AGENT_PORT" "$NGINX_PORT"; do
+for port in "$AGENT_PORT" "$NGINX_PORT" ${AGENT_B_BIN:+"$AGENT_B_PORT"}; do
 	hdr=$(curl -fsS -D - -o /dev/null "http://127.0.0.1:$port/")
 	grep -qi "^x-sluice-revision: $REV" <<<"$hdr" || { echo "bench/proxy: port $port did not answer with the revision header:" >&2; echo "$hdr" >&2; exit 1; }
 done
@@ -154,6 +173,7 @@ url_of() {
 	case "$1" in
 	direct) echo "http://127.0.0.1:$UP_PORT/" ;;
 	agent) echo "http://127.0.0.1:$AGENT_PORT/" ;;
+	agent-b) echo "http://127.0.0.1:$AGENT_B_PORT/" ;;
 	nginx) echo "http://127.0.0.1:$NGINX_PORT/" ;;
 	esac
 }
@@ -161,6 +181,7 @@ proxy_pids() {
 	case "$1" in
 	direct) ;;
 	agent) echo "$AGENT_PID" ;;
+	agent-b) echo "$AGENT_B_PID" ;;
 	nginx) echo "$NGINX_PID $NGINX_WORKERS" ;;
 	esac
 }
@@ -202,18 +223,20 @@ echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f
 echo "versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(go version 2>/dev/null | cut -d' ' -f3)"
 echo "upstream: $UPSTREAM on 127.0.0.1:$UP_PORT; agent on :$AGENT_PORT (GOMAXPROCS $GOMAXPROCS_AGENT); nginx on :$NGINX_PORT ($(wc -w <<<"$NGINX_WORKERS") workers)"
 echo "load: wrk -t$THREADS, profile load = -c$CONNS, profile serial = -c1; ${DURATION}s per run, $ROUNDS rounds, order rotating; nothing pinned"
+[ -n "$AGENT_B_BIN" ] && echo "agent: $AGENT_BIN; agent-b: $AGENT_B_BIN on :$AGENT_B_PORT"
 echo "raw output: $RESULTS"
 printf 'profile\tround\ttarget\trps\tp50_us\tp90_us\tp99_us\tmax_us\terrors\tproxy_cpu_us_per_req\tupstream_cpu_us_per_req\tload1\n' >"$TSV"
 
 TARGETS=(direct agent nginx)
+[ -n "$AGENT_B_BIN" ] && TARGETS+=(agent-b)
 for profile in $PROFILES; do
 	# Warm every path (connection pools, heap sizing) before measuring.
 	for t in "${TARGETS[@]}"; do
 		wrk -t"$THREADS" -c"$(conns_of "$profile")" -d"${WARMUP}s" "$(url_of "$t")" >/dev/null
 	done
 	for round in $(seq 1 "$ROUNDS"); do
-		for i in 0 1 2; do
-			run "$profile" "$round" "${TARGETS[$(((round - 1 + i) % 3))]}"
+		for i in "${!TARGETS[@]}"; do
+			run "$profile" "$round" "${TARGETS[$(((round - 1 + i) % ${#TARGETS[@]}))]}"
 		done
 	done
 done
@@ -223,10 +246,10 @@ median() { sort -g | awk '{a[NR]=$1} END{if (NR==0) exit; if (NR%2) print a[(NR+
 col() { # profile target column → values
 	awk -F'\t' -v p="$1" -v t="$2" -v c="$3" 'NR>1 && $1==p && $3==t {print $c}' "$TSV"
 }
-# paired per-round figure: agent vs nginx (or direct) in the same round
-paired() { # profile expr(a,n,d) over columns col → one value per round
-	awk -F'\t' -v p="$1" -v c="$2" -v op="$3" 'NR>1 && $1==p {v[$2" "$3]=$c; r[$2]=1}
-		END{for (k in r) {a=v[k" agent"]; n=v[k" nginx"]; d=v[k" direct"];
+# paired per-round figure: an agent vs nginx (or direct) in the same round
+paired() { # profile column op agent-target → one value per round
+	awk -F'\t' -v p="$1" -v c="$2" -v op="$3" -v at="$4" 'NR>1 && $1==p {v[$2" "$3]=$c; r[$2]=1}
+		END{for (k in r) {a=v[k" "at]; n=v[k" nginx"]; d=v[k" direct"];
 			if (op=="ratio") print a/n; else if (op=="dn") print (a-n)/1000; else print (a-d)/1000}}' "$TSV"
 }
 echo
@@ -241,15 +264,17 @@ for profile in $PROFILES; do
 			"$(col "$profile" "$t" 7 | median | awk '{print $1/1000}')" \
 			"$(col "$profile" "$t" 10 | median)" "$(col "$profile" "$t" 11 | median)"
 	done
-	a_rps=$(col "$profile" agent 4 | median); n_rps=$(col "$profile" nginx 4 | median)
-	a99=$(col "$profile" agent 7 | median); n99=$(col "$profile" nginx 7 | median); d99=$(col "$profile" direct 7 | median)
-	printf '  agent/nginx throughput: %.3f (ratio of medians), %.3f (median of per-round ratios)  goal ≥ 0.9\n' \
-		"$(awk -v a="$a_rps" -v n="$n_rps" 'BEGIN{print a/n}')" "$(paired "$profile" 4 ratio | median)"
-	printf '  added p99, agent − nginx: %+.3f ms (medians), %+.3f ms (median per round)  goal ≤ 1 ms\n' \
-		"$(awk -v a="$a99" -v n="$n99" 'BEGIN{print (a-n)/1000}')" "$(paired "$profile" 7 dn | median)"
-	printf '  added p99, agent − direct: %+.3f ms (medians), %+.3f ms (median per round); nginx − direct: %+.3f ms\n' \
-		"$(awk -v a="$a99" -v d="$d99" 'BEGIN{print (a-d)/1000}')" "$(paired "$profile" 7 dd | median)" \
-		"$(awk -v n="$n99" -v d="$d99" 'BEGIN{print (n-d)/1000}')"
+	for a in agent ${AGENT_B_BIN:+agent-b}; do
+		a_rps=$(col "$profile" "$a" 4 | median); n_rps=$(col "$profile" nginx 4 | median)
+		a99=$(col "$profile" "$a" 7 | median); n99=$(col "$profile" nginx 7 | median); d99=$(col "$profile" direct 7 | median)
+		printf '  %s/nginx throughput: %.3f (ratio of medians), %.3f (median of per-round ratios)  goal ≥ 0.9\n' "$a" \
+			"$(awk -v a="$a_rps" -v n="$n_rps" 'BEGIN{print a/n}')" "$(paired "$profile" 4 ratio "$a" | median)"
+		printf '  added p99, %s − nginx: %+.3f ms (medians), %+.3f ms (median per round)  goal ≤ 1 ms\n' "$a" \
+			"$(awk -v a="$a99" -v n="$n99" 'BEGIN{print (a-n)/1000}')" "$(paired "$profile" 7 dn "$a" | median)"
+		printf '  added p99, %s − direct: %+.3f ms (medians), %+.3f ms (median per round); nginx − direct: %+.3f ms\n' "$a" \
+			"$(awk -v a="$a99" -v d="$d99" 'BEGIN{print (a-d)/1000}')" "$(paired "$profile" 7 dd "$a" | median)" \
+			"$(awk -v n="$n99" -v d="$d99" 'BEGIN{print (n-d)/1000}')"
+	done
 done
 errs=$(awk -F'\t' 'NR>1 {s+=$9} END{print s+0}' "$TSV")
 echo "errors (socket + non-2xx) over all runs: $errs"
