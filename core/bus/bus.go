@@ -11,6 +11,14 @@
 //	                                  every apply and every heartbeat.
 //	sluice-rollouts  <rollout id>     rollout.Record JSON, the projection the API
 //	                                  lists, gets and watches; written by the workflow.
+//
+// Object store (JetStream object store, file storage):
+//
+//	sluice-artifacts <hex sha256>     the bytes of an artifact (an executable or a
+//	                                  .tar.gz with an entrypoint), named by the
+//	                                  sha256 of those bytes; written by the API's
+//	                                  ArtifactService, read by agents, which verify
+//	                                  the digest before running anything.
 package bus
 
 import (
@@ -23,6 +31,9 @@ const (
 	DesiredBucket  = "sluice-desired"
 	AgentsBucket   = "sluice-agents"
 	RolloutsBucket = "sluice-rollouts"
+	// HistoryBucket keeps each service's revision history under
+	// DesiredKey(service): a rollout.History JSON document.
+	HistoryBucket = "sluice-history"
 )
 
 // History depths kept per key.
@@ -30,7 +41,16 @@ const (
 	DesiredHistory  = 10
 	AgentsHistory   = 1
 	RolloutsHistory = 20
+	HistoryHistory  = 5
 )
+
+// ArtifactsBucket is the JetStream object store holding artifacts; each
+// object's name is ArtifactObject(digest).
+const ArtifactsBucket = "sluice-artifacts"
+
+// ArtifactObject is the object name of the artifact whose bytes have the
+// given sha256 digest: the 64 lower-case hex characters themselves.
+func ArtifactObject(digest string) string { return digest }
 
 // DesiredKey is the key of a service's desired routing state.
 func DesiredKey(service string) string { return "svc." + service }

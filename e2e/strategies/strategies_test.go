@@ -206,3 +206,66 @@ func TestRollingUpdateSwitchesOneHostAtATime(t *testing.T) {
 		}
 	}
 }
+
+func TestUndoReturnsToThePreviousDigestAndRetryStartsAgain(t *testing.T) {
+	s := startStack(t, 3)
+	ctx := context.Background()
+	steps := func(ws ...int32) []*rolloutv1.CanaryStep {
+		var out []*rolloutv1.CanaryStep
+		for _, w := range ws {
+			out = append(out, &rolloutv1.CanaryStep{Step: &rolloutv1.CanaryStep_SetWeight{SetWeight: w}})
+		}
+		return out
+	}
+	spec := func(id, from, to string, st []*rolloutv1.CanaryStep) *rolloutv1.RolloutSpec {
+		return &rolloutv1.RolloutSpec{Id: id, Service: "demo", StableRevision: from, CandidateRevision: to, CreatedBy: "e2e",
+			Strategy: &rolloutv1.Strategy{Strategy: &rolloutv1.Strategy_Canary{Canary: &rolloutv1.CanaryStrategy{Steps: st}}}}
+	}
+	if _, err := s.Rollouts().CreateRollout(ctx, connect.NewRequest(&rolloutv1.CreateRolloutRequest{Spec: spec("to-v2", stack.StableRevision, stack.CandidateRevision, steps(50))})); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, s, "to-v2", 20*time.Second, "success", func(st *rolloutv1.RolloutStatus) bool { return st.GetPhase() == rolloutv1.Phase_PHASE_SUCCEEDED })
+	if got := share(t, s, nil); got != 100 {
+		t.Fatalf("v2 served %.1f%%, want 100", got)
+	}
+	undo, err := s.Rollouts().UndoRollout(ctx, connect.NewRequest(&rolloutv1.UndoRolloutRequest{Service: "demo", Actor: "oncall"}))
+	if err != nil {
+		t.Fatalf("undo: %v", err)
+	}
+	if !undo.Msg.GetFast() || undo.Msg.GetRollout().GetSpec().GetCandidateRevision() != stack.StableRevision {
+		t.Fatalf("undo: fast=%v to %s, want the fast path back to %s", undo.Msg.GetFast(), undo.Msg.GetRollout().GetSpec().GetCandidateRevision(), stack.StableRevision)
+	}
+	id := undo.Msg.GetRollout().GetSpec().GetId()
+	waitFor(t, s, id, 20*time.Second, "undo success", func(st *rolloutv1.RolloutStatus) bool { return st.GetPhase() == rolloutv1.Phase_PHASE_SUCCEEDED })
+	if got := share(t, s, nil); got != 0 {
+		t.Fatalf("after undo v2 served %.1f%%, want 0 (back to the exact previous digest)", got)
+	}
+	hist, err := s.Rollouts().ListRevisions(ctx, connect.NewRequest(&rolloutv1.ListRevisionsRequest{Service: "demo"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(hist.Msg.GetEntries()); n != 2 || hist.Msg.GetStable() != stack.StableRevision || hist.Msg.GetEntries()[1].GetCreatedBy() != "oncall" {
+		t.Fatalf("history %v, want 2 entries, stable v1, the undo by oncall", hist.Msg)
+	}
+
+	// An aborted rollout can be retried as a new rollout with the same spec.
+	if _, err := s.Rollouts().CreateRollout(ctx, connect.NewRequest(&rolloutv1.CreateRolloutRequest{Spec: spec("again", stack.StableRevision, stack.CandidateRevision,
+		append(steps(10), &rolloutv1.CanaryStep{Step: &rolloutv1.CanaryStep_Pause{Pause: &rolloutv1.Pause{}}}))})); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, s, "again", 20*time.Second, "pause", func(st *rolloutv1.RolloutStatus) bool { return st.GetPhase() == rolloutv1.Phase_PHASE_PAUSED })
+	if _, err := s.Rollouts().AbortRollout(ctx, connect.NewRequest(&rolloutv1.AbortRolloutRequest{Id: "again"})); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, s, "again", 20*time.Second, "abort", func(st *rolloutv1.RolloutStatus) bool { return st.GetPhase() == rolloutv1.Phase_PHASE_ABORTED })
+	retry, err := s.Rollouts().RetryRollout(ctx, connect.NewRequest(&rolloutv1.RetryRolloutRequest{Id: "again"}))
+	if err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if retry.Msg.GetRollout().GetSpec().GetId() != "again-retry-1" {
+		t.Fatalf("retry created %s, want again-retry-1", retry.Msg.GetRollout().GetSpec().GetId())
+	}
+	waitFor(t, s, "again-retry-1", 20*time.Second, "retry reaches its pause", func(st *rolloutv1.RolloutStatus) bool {
+		return st.GetPhase() == rolloutv1.Phase_PHASE_PAUSED && st.GetCandidateWeight() == 10
+	})
+}

@@ -12,8 +12,8 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/sluicehq/sluice/core/strategy"
 	corerollout "github.com/sluicehq/sluice/core/rollout"
+	"github.com/sluicehq/sluice/core/strategy"
 	rolloutv1 "github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1"
 	"github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1/rolloutv1connect"
 	"github.com/sluicehq/sluice/services/convert"
@@ -61,7 +61,9 @@ type RolloutHandler struct {
 	// Measurements reads analysis measurements; nil when no analysis
 	// storage is configured.
 	Measurements Measurements
-	Log          *slog.Logger
+	// Histories reads revision histories (undo, list revisions).
+	Histories Histories
+	Log       *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -78,6 +80,15 @@ func (h *RolloutHandler) now() time.Time {
 // CreateRollout implements RolloutService.
 func (h *RolloutHandler) CreateRollout(ctx context.Context, req *connect.Request[rolloutv1.CreateRolloutRequest]) (*connect.Response[rolloutv1.CreateRolloutResponse], error) {
 	spec := convert.SpecFromProto(req.Msg.GetSpec())
+	rec, created, err := h.create(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&rolloutv1.CreateRolloutResponse{Rollout: convert.RecordToProto(rec), Created: created}), nil
+}
+
+// create validates spec and starts its rollout, idempotently.
+func (h *RolloutHandler) create(ctx context.Context, spec corerollout.Spec) (corerollout.Record, bool, error) {
 	err := corerollout.Validate(spec, "spec")
 	if err == nil {
 		err = validateAnalysisExpressions(spec)
@@ -85,17 +96,20 @@ func (h *RolloutHandler) CreateRollout(ctx context.Context, req *connect.Request
 	if err != nil {
 		var ve *corerollout.ValidationError
 		if errors.As(err, &ve) {
-			return nil, invalidArgument(ve.Fields)
+			return corerollout.Record{}, false, invalidArgument(ve.Fields)
 		}
-		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+		return corerollout.Record{}, false, connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	hash := spec.Hash()
 	existing, err := h.Records.Record(ctx, spec.ID)
 	switch {
 	case err == nil:
-		return h.existing(existing, hash)
+		if existing.SpecHash != hash {
+			return corerollout.Record{}, false, connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("rollout %s exists with a different spec", spec.ID))
+		}
+		return existing, false, nil
 	case !errors.Is(err, store.ErrNotFound):
-		return nil, h.internal("read rollout", err)
+		return corerollout.Record{}, false, h.internal("read rollout", err)
 	}
 	err = h.Workflows.Start(ctx, spec)
 	var active *ActiveError
@@ -103,17 +117,17 @@ func (h *RolloutHandler) CreateRollout(ctx context.Context, req *connect.Request
 	case errors.As(err, &active) && active.RolloutID == spec.ID:
 		// A concurrent create of the same id won the start.
 		if active.SpecHash != hash {
-			return nil, connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("rollout %s exists with a different spec", spec.ID))
+			return corerollout.Record{}, false, connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("rollout %s exists with a different spec", spec.ID))
 		}
 		rec, err := h.waitRecord(ctx, spec.ID)
 		if err != nil {
-			return nil, h.internal("read rollout", err)
+			return corerollout.Record{}, false, h.internal("read rollout", err)
 		}
-		return connect.NewResponse(&rolloutv1.CreateRolloutResponse{Rollout: convert.RecordToProto(rec)}), nil
+		return rec, false, nil
 	case errors.As(err, &active):
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("service %s already has an active rollout %s; abort it or wait for it to end", spec.Service, active.RolloutID))
+		return corerollout.Record{}, false, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("service %s already has an active rollout %s; abort it or wait for it to end", spec.Service, active.RolloutID))
 	case err != nil:
-		return nil, h.unavailable("start rollout", err)
+		return corerollout.Record{}, false, h.unavailable("start rollout", err)
 	}
 	rec := corerollout.Record{Spec: spec, SpecHash: hash, Status: strategy.Start(spec, h.now())}
 	if err := h.Records.CreateRecord(ctx, rec); err != nil && !errors.Is(err, store.ErrExists) {
@@ -123,7 +137,7 @@ func (h *RolloutHandler) CreateRollout(ctx context.Context, req *connect.Request
 		rec = stored
 	}
 	h.Log.Info("rollout created", "rollout", spec.ID, "service", spec.Service, "candidate", spec.CandidateRevision, "by", spec.CreatedBy)
-	return connect.NewResponse(&rolloutv1.CreateRolloutResponse{Rollout: convert.RecordToProto(rec), Created: true}), nil
+	return rec, true, nil
 }
 
 func (h *RolloutHandler) existing(rec corerollout.Record, hash string) (*connect.Response[rolloutv1.CreateRolloutResponse], error) {

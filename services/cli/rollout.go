@@ -15,7 +15,8 @@ func (a *app) rolloutCommand() *cobra.Command {
 	c := group("rollout", "Create, inspect, watch and steer rollouts")
 	c.Aliases = []string{"rollouts", "ro"}
 	c.AddCommand(a.createCommand(), a.getCommand(), a.listCommand(), a.watchCommand(),
-		a.pauseCommand(), a.resumeCommand(), a.promoteCommand(), a.abortCommand(), a.analysisCommand())
+		a.pauseCommand(), a.resumeCommand(), a.promoteCommand(), a.abortCommand(), a.analysisCommand(),
+		a.historyCommand(), a.undoCommand(), a.retryCommand())
 	return c
 }
 

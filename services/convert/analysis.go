@@ -2,6 +2,9 @@ package convert
 
 import (
 	"math"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/sluicehq/sluice/core/analysis"
 	"github.com/sluicehq/sluice/core/rollout"
@@ -183,3 +186,6 @@ func MeasurementToProto(m analysis.Measurement) *rolloutv1.Measurement {
 	}
 	return p
 }
+
+// Timestamp converts a time; zero is nil.
+func Timestamp(t time.Time) *timestamppb.Timestamp { return ts(t) }

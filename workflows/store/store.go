@@ -29,6 +29,7 @@ type Store struct {
 	desired  jetstream.KeyValue
 	agents   jetstream.KeyValue
 	rollouts jetstream.KeyValue
+	history  jetstream.KeyValue
 }
 
 var _ rollout.DesiredWriter = (*Store)(nil)
@@ -48,6 +49,7 @@ func Buckets() []jetstream.KeyValueConfig {
 		{Bucket: bus.DesiredBucket, History: bus.DesiredHistory, Storage: jetstream.FileStorage},
 		{Bucket: bus.AgentsBucket, History: bus.AgentsHistory, Storage: jetstream.FileStorage},
 		{Bucket: bus.RolloutsBucket, History: bus.RolloutsHistory, Storage: jetstream.FileStorage},
+		{Bucket: bus.HistoryBucket, History: bus.HistoryHistory, Storage: jetstream.FileStorage},
 	}
 }
 
@@ -61,7 +63,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 		}
 		kvs = append(kvs, kv)
 	}
-	return &Store{desired: kvs[0], agents: kvs[1], rollouts: kvs[2]}, nil
+	return &Store{desired: kvs[0], agents: kvs[1], rollouts: kvs[2], history: kvs[3]}, nil
 }
 
 // WriteDesired implements rollout.DesiredWriter with compare-and-set.
@@ -222,9 +224,13 @@ func (s *Store) PublishRecord(ctx context.Context, r corerollout.Record) error {
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			if _, err := s.rollouts.Create(ctx, r.Spec.ID, b); errors.Is(err, jetstream.ErrKeyExists) {
 				continue
-			} else {
+			} else if err != nil {
 				return err
 			}
+			if r.Status.Phase.Terminal() {
+				return s.appendHistory(ctx, r)
+			}
+			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("read record %s: %w", r.Spec.ID, err)
@@ -238,6 +244,9 @@ func (s *Store) PublishRecord(ctx context.Context, r corerollout.Record) error {
 				continue
 			}
 			return fmt.Errorf("update record %s: %w", r.Spec.ID, err)
+		}
+		if r.Status.Phase.Terminal() {
+			return s.appendHistory(ctx, r)
 		}
 		return nil
 	}
@@ -362,4 +371,64 @@ func (s *Store) WatchRecords(ctx context.Context, fn func(corerollout.Record) bo
 			}
 		}
 	}
+}
+
+// History returns a service's revision history (empty when it has none).
+func (s *Store) History(ctx context.Context, service string) (corerollout.History, error) {
+	h, _, err := s.readHistory(ctx, service)
+	return h, err
+}
+
+func (s *Store) readHistory(ctx context.Context, service string) (corerollout.History, uint64, error) {
+	e, err := s.history.Get(ctx, bus.DesiredKey(service))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return corerollout.History{Service: service}, 0, nil
+	}
+	if err != nil {
+		return corerollout.History{}, 0, fmt.Errorf("read history of %s: %w", service, err)
+	}
+	var h corerollout.History
+	if err := json.Unmarshal(e.Value(), &h); err != nil {
+		return corerollout.History{}, 0, fmt.Errorf("decode history of %s: %w", service, err)
+	}
+	return h, e.Revision(), nil
+}
+
+// appendHistory adds a finished rollout to its service's history, once:
+// a rollout already in the history is not added again.
+func (s *Store) appendHistory(ctx context.Context, r corerollout.Record) error {
+	key := bus.DesiredKey(r.Spec.Service)
+	for attempt := 0; attempt < 20; attempt++ {
+		h, rev, err := s.readHistory(ctx, r.Spec.Service)
+		if err != nil {
+			return err
+		}
+		for _, e := range h.Entries {
+			if e.Rollout == r.Spec.ID {
+				return nil
+			}
+		}
+		h.Entries = append(h.Entries, corerollout.HistoryEntry{
+			Number: len(h.Entries) + 1, Rollout: r.Spec.ID, From: r.Spec.StableRevision, To: r.Spec.CandidateRevision,
+			CreatedBy: r.Spec.CreatedBy, Outcome: r.Status.Phase, Reason: r.Status.Reason,
+			StartedAt: r.Status.CreatedAt, FinishedAt: r.Status.FinishedAt,
+		})
+		b, err := json.Marshal(h)
+		if err != nil {
+			return err
+		}
+		if rev == 0 {
+			_, err = s.history.Create(ctx, key, b)
+		} else {
+			_, err = s.history.Update(ctx, key, b, rev)
+		}
+		if err != nil && isWrongSequence(err) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("append history of %s: %w", r.Spec.Service, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("append history of %s: too much contention", r.Spec.Service)
 }

@@ -3483,6 +3483,467 @@ func (x *GetAnalysisRunResponse) GetRun() *AnalysisRun {
 	return nil
 }
 
+// RevisionEntry is one finished rollout of a service.
+type RevisionEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// number counts the service's rollouts from 1.
+	Number int32 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	// rollout_id of the rollout.
+	RolloutId string `protobuf:"bytes,2,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// from is the stable revision it started from.
+	From string `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
+	// to is the candidate revision.
+	To string `protobuf:"bytes,4,opt,name=to,proto3" json:"to,omitempty"`
+	// created_by is who started it, as the client declared.
+	CreatedBy string `protobuf:"bytes,5,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// outcome is succeeded, aborted or failed.
+	Outcome Phase `protobuf:"varint,6,opt,name=outcome,proto3,enum=sluice.rollout.v1.Phase" json:"outcome,omitempty"`
+	// reason says why it did not succeed.
+	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	// started_at is when it was created.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// finished_at is when it ended.
+	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevisionEntry) Reset() {
+	*x = RevisionEntry{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevisionEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevisionEntry) ProtoMessage() {}
+
+func (x *RevisionEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevisionEntry.ProtoReflect.Descriptor instead.
+func (*RevisionEntry) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *RevisionEntry) GetNumber() int32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *RevisionEntry) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *RevisionEntry) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *RevisionEntry) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *RevisionEntry) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *RevisionEntry) GetOutcome() Phase {
+	if x != nil {
+		return x.Outcome
+	}
+	return Phase_PHASE_UNSPECIFIED
+}
+
+func (x *RevisionEntry) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RevisionEntry) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *RevisionEntry) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
+}
+
+// ListRevisionsRequest names a service.
+type ListRevisionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// service name.
+	Service       string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevisionsRequest) Reset() {
+	*x = ListRevisionsRequest{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevisionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevisionsRequest) ProtoMessage() {}
+
+func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevisionsRequest.ProtoReflect.Descriptor instead.
+func (*ListRevisionsRequest) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ListRevisionsRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+// ListRevisionsResponse is the history, oldest first.
+type ListRevisionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// entries oldest first.
+	Entries []*RevisionEntry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// stable is the revision serving now.
+	Stable string `protobuf:"bytes,2,opt,name=stable,proto3" json:"stable,omitempty"`
+	// verification says whether agents verify the revisions' bytes: they do
+	// for revisions they run from artifacts; revisions reached by address are
+	// recorded by digest only.
+	Verification  string `protobuf:"bytes,3,opt,name=verification,proto3" json:"verification,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRevisionsResponse) Reset() {
+	*x = ListRevisionsResponse{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRevisionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRevisionsResponse) ProtoMessage() {}
+
+func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRevisionsResponse.ProtoReflect.Descriptor instead.
+func (*ListRevisionsResponse) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ListRevisionsResponse) GetEntries() []*RevisionEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *ListRevisionsResponse) GetStable() string {
+	if x != nil {
+		return x.Stable
+	}
+	return ""
+}
+
+func (x *ListRevisionsResponse) GetVerification() string {
+	if x != nil {
+		return x.Verification
+	}
+	return ""
+}
+
+// UndoRolloutRequest names the service and, optionally, the rollout whose
+// candidate to return to.
+type UndoRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// service to roll back.
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// to_revision is a history entry number; 0 means the previous stable.
+	ToRevision int32 `protobuf:"varint,2,opt,name=to_revision,json=toRevision,proto3" json:"to_revision,omitempty"`
+	// rollback_window: a target that stopped being stable less than this ago
+	// goes back at once (default 1h; 0s disables the fast path).
+	RollbackWindow *durationpb.Duration `protobuf:"bytes,3,opt,name=rollback_window,json=rollbackWindow,proto3" json:"rollback_window,omitempty"`
+	// actor is who asks.
+	Actor         string `protobuf:"bytes,4,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndoRolloutRequest) Reset() {
+	*x = UndoRolloutRequest{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndoRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndoRolloutRequest) ProtoMessage() {}
+
+func (x *UndoRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndoRolloutRequest.ProtoReflect.Descriptor instead.
+func (*UndoRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *UndoRolloutRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *UndoRolloutRequest) GetToRevision() int32 {
+	if x != nil {
+		return x.ToRevision
+	}
+	return 0
+}
+
+func (x *UndoRolloutRequest) GetRollbackWindow() *durationpb.Duration {
+	if x != nil {
+		return x.RollbackWindow
+	}
+	return nil
+}
+
+func (x *UndoRolloutRequest) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+// UndoRolloutResponse returns the new rollout.
+type UndoRolloutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollout created (or the identical one that existed).
+	Rollout *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// fast is true when steps and analysis were skipped.
+	Fast          bool `protobuf:"varint,2,opt,name=fast,proto3" json:"fast,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndoRolloutResponse) Reset() {
+	*x = UndoRolloutResponse{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndoRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndoRolloutResponse) ProtoMessage() {}
+
+func (x *UndoRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndoRolloutResponse.ProtoReflect.Descriptor instead.
+func (*UndoRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *UndoRolloutResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+func (x *UndoRolloutResponse) GetFast() bool {
+	if x != nil {
+		return x.Fast
+	}
+	return false
+}
+
+// RetryRolloutRequest names an ended rollout.
+type RetryRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id of the aborted or failed rollout.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// actor is who asks.
+	Actor         string `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryRolloutRequest) Reset() {
+	*x = RetryRolloutRequest{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryRolloutRequest) ProtoMessage() {}
+
+func (x *RetryRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryRolloutRequest.ProtoReflect.Descriptor instead.
+func (*RetryRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *RetryRolloutRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RetryRolloutRequest) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+// RetryRolloutResponse returns the new rollout.
+type RetryRolloutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollout created.
+	Rollout       *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryRolloutResponse) Reset() {
+	*x = RetryRolloutResponse{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryRolloutResponse) ProtoMessage() {}
+
+func (x *RetryRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryRolloutResponse.ProtoReflect.Descriptor instead.
+func (*RetryRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *RetryRolloutResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
 var File_sluice_rollout_v1_rollout_proto protoreflect.FileDescriptor
 
 const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
@@ -3738,7 +4199,41 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\x15GetAnalysisRunRequest\x12H\n" +
 	"\x02id\x18\x01 \x01(\tB8\xbaH5r3\x10\x01\x18\x80\x012,^[a-z0-9]([a-z0-9-]*[a-z0-9])?[.][a-z0-9-]+$R\x02id\"J\n" +
 	"\x16GetAnalysisRunResponse\x120\n" +
-	"\x03run\x18\x01 \x01(\v2\x1e.sluice.rollout.v1.AnalysisRunR\x03run*\x94\x01\n" +
+	"\x03run\x18\x01 \x01(\v2\x1e.sluice.rollout.v1.AnalysisRunR\x03run\"\xcd\x02\n" +
+	"\rRevisionEntry\x12\x16\n" +
+	"\x06number\x18\x01 \x01(\x05R\x06number\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x02 \x01(\tR\trolloutId\x12\x12\n" +
+	"\x04from\x18\x03 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x04 \x01(\tR\x02to\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x05 \x01(\tR\tcreatedBy\x122\n" +
+	"\aoutcome\x18\x06 \x01(\x0e2\x18.sluice.rollout.v1.PhaseR\aoutcome\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x129\n" +
+	"\n" +
+	"started_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
+	"\vfinished_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\"\\\n" +
+	"\x14ListRevisionsRequest\x12D\n" +
+	"\aservice\x18\x01 \x01(\tB*\xbaH'r%\x10\x01\x18?2\x1f^[a-z0-9]([a-z0-9-]*[a-z0-9])?$R\aservice\"\x8f\x01\n" +
+	"\x15ListRevisionsResponse\x12:\n" +
+	"\aentries\x18\x01 \x03(\v2 .sluice.rollout.v1.RevisionEntryR\aentries\x12\x16\n" +
+	"\x06stable\x18\x02 \x01(\tR\x06stable\x12\"\n" +
+	"\fverification\x18\x03 \x01(\tR\fverification\"\xe8\x01\n" +
+	"\x12UndoRolloutRequest\x12D\n" +
+	"\aservice\x18\x01 \x01(\tB*\xbaH'r%\x10\x01\x18?2\x1f^[a-z0-9]([a-z0-9-]*[a-z0-9])?$R\aservice\x12(\n" +
+	"\vto_revision\x18\x02 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\n" +
+	"toRevision\x12B\n" +
+	"\x0frollback_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0erollbackWindow\x12\x1e\n" +
+	"\x05actor\x18\x04 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\x05actor\"_\n" +
+	"\x13UndoRolloutResponse\x124\n" +
+	"\arollout\x18\x01 \x01(\v2\x1a.sluice.rollout.v1.RolloutR\arollout\x12\x12\n" +
+	"\x04fast\x18\x02 \x01(\bR\x04fast\"q\n" +
+	"\x13RetryRolloutRequest\x12:\n" +
+	"\x02id\x18\x01 \x01(\tB*\xbaH'r%\x10\x01\x18?2\x1f^[a-z0-9]([a-z0-9-]*[a-z0-9])?$R\x02id\x12\x1e\n" +
+	"\x05actor\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\x05actor\"L\n" +
+	"\x14RetryRolloutResponse\x124\n" +
+	"\arollout\x18\x01 \x01(\v2\x1a.sluice.rollout.v1.RolloutR\arollout*\x94\x01\n" +
 	"\x05Phase\x12\x15\n" +
 	"\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPHASE_PENDING\x10\x01\x12\x15\n" +
@@ -3754,7 +4249,8 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\x10RUN_PHASE_FAILED\x10\x03\x12\x1a\n" +
 	"\x16RUN_PHASE_INCONCLUSIVE\x10\x04\x12\x13\n" +
 	"\x0fRUN_PHASE_ERROR\x10\x05\x12\x18\n" +
-	"\x14RUN_PHASE_TERMINATED\x10\x062\x8d\b\n" +
+	"\x14RUN_PHASE_TERMINATED\x10\x062\xb5\n" +
+	"\n" +
 	"\x0eRolloutService\x12b\n" +
 	"\rCreateRollout\x12'.sluice.rollout.v1.CreateRolloutRequest\x1a(.sluice.rollout.v1.CreateRolloutResponse\x12^\n" +
 	"\n" +
@@ -3766,7 +4262,10 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\x0ePromoteRollout\x12(.sluice.rollout.v1.PromoteRolloutRequest\x1a).sluice.rollout.v1.PromoteRolloutResponse\x12_\n" +
 	"\fAbortRollout\x12&.sluice.rollout.v1.AbortRolloutRequest\x1a'.sluice.rollout.v1.AbortRolloutResponse\x12p\n" +
 	"\x10ListAnalysisRuns\x12*.sluice.rollout.v1.ListAnalysisRunsRequest\x1a+.sluice.rollout.v1.ListAnalysisRunsResponse\"\x03\x90\x02\x01\x12j\n" +
-	"\x0eGetAnalysisRun\x12(.sluice.rollout.v1.GetAnalysisRunRequest\x1a).sluice.rollout.v1.GetAnalysisRunResponse\"\x03\x90\x02\x01BBZ@github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1;rolloutv1b\x06proto3"
+	"\x0eGetAnalysisRun\x12(.sluice.rollout.v1.GetAnalysisRunRequest\x1a).sluice.rollout.v1.GetAnalysisRunResponse\"\x03\x90\x02\x01\x12g\n" +
+	"\rListRevisions\x12'.sluice.rollout.v1.ListRevisionsRequest\x1a(.sluice.rollout.v1.ListRevisionsResponse\"\x03\x90\x02\x01\x12\\\n" +
+	"\vUndoRollout\x12%.sluice.rollout.v1.UndoRolloutRequest\x1a&.sluice.rollout.v1.UndoRolloutResponse\x12_\n" +
+	"\fRetryRollout\x12&.sluice.rollout.v1.RetryRolloutRequest\x1a'.sluice.rollout.v1.RetryRolloutResponseBBZ@github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1;rolloutv1b\x06proto3"
 
 var (
 	file_sluice_rollout_v1_rollout_proto_rawDescOnce sync.Once
@@ -3781,7 +4280,7 @@ func file_sluice_rollout_v1_rollout_proto_rawDescGZIP() []byte {
 }
 
 var file_sluice_rollout_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sluice_rollout_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_sluice_rollout_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_sluice_rollout_v1_rollout_proto_goTypes = []any{
 	(Phase)(0),                       // 0: sluice.rollout.v1.Phase
 	(RunPhase)(0),                    // 1: sluice.rollout.v1.RunPhase
@@ -3831,62 +4330,69 @@ var file_sluice_rollout_v1_rollout_proto_goTypes = []any{
 	(*ListAnalysisRunsResponse)(nil), // 45: sluice.rollout.v1.ListAnalysisRunsResponse
 	(*GetAnalysisRunRequest)(nil),    // 46: sluice.rollout.v1.GetAnalysisRunRequest
 	(*GetAnalysisRunResponse)(nil),   // 47: sluice.rollout.v1.GetAnalysisRunResponse
-	nil,                              // 48: sluice.rollout.v1.RolloutSpec.SelectorEntry
-	(*durationpb.Duration)(nil),      // 49: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 50: google.protobuf.Timestamp
+	(*RevisionEntry)(nil),            // 48: sluice.rollout.v1.RevisionEntry
+	(*ListRevisionsRequest)(nil),     // 49: sluice.rollout.v1.ListRevisionsRequest
+	(*ListRevisionsResponse)(nil),    // 50: sluice.rollout.v1.ListRevisionsResponse
+	(*UndoRolloutRequest)(nil),       // 51: sluice.rollout.v1.UndoRolloutRequest
+	(*UndoRolloutResponse)(nil),      // 52: sluice.rollout.v1.UndoRolloutResponse
+	(*RetryRolloutRequest)(nil),      // 53: sluice.rollout.v1.RetryRolloutRequest
+	(*RetryRolloutResponse)(nil),     // 54: sluice.rollout.v1.RetryRolloutResponse
+	nil,                              // 55: sluice.rollout.v1.RolloutSpec.SelectorEntry
+	(*durationpb.Duration)(nil),      // 56: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 57: google.protobuf.Timestamp
 }
 var file_sluice_rollout_v1_rollout_proto_depIdxs = []int32{
-	48, // 0: sluice.rollout.v1.RolloutSpec.selector:type_name -> sluice.rollout.v1.RolloutSpec.SelectorEntry
+	55, // 0: sluice.rollout.v1.RolloutSpec.selector:type_name -> sluice.rollout.v1.RolloutSpec.SelectorEntry
 	13, // 1: sluice.rollout.v1.RolloutSpec.strategy:type_name -> sluice.rollout.v1.Strategy
 	3,  // 2: sluice.rollout.v1.RolloutSpec.analysis:type_name -> sluice.rollout.v1.Analysis
 	5,  // 3: sluice.rollout.v1.Analysis.templates:type_name -> sluice.rollout.v1.AnalysisTemplate
 	4,  // 4: sluice.rollout.v1.Analysis.background:type_name -> sluice.rollout.v1.BackgroundAnalysis
 	6,  // 5: sluice.rollout.v1.AnalysisTemplate.metrics:type_name -> sluice.rollout.v1.Metric
 	7,  // 6: sluice.rollout.v1.Metric.provider:type_name -> sluice.rollout.v1.MetricProvider
-	49, // 7: sluice.rollout.v1.Metric.interval:type_name -> google.protobuf.Duration
-	49, // 8: sluice.rollout.v1.Metric.window:type_name -> google.protobuf.Duration
-	49, // 9: sluice.rollout.v1.Metric.initial_delay:type_name -> google.protobuf.Duration
+	56, // 7: sluice.rollout.v1.Metric.interval:type_name -> google.protobuf.Duration
+	56, // 8: sluice.rollout.v1.Metric.window:type_name -> google.protobuf.Duration
+	56, // 9: sluice.rollout.v1.Metric.initial_delay:type_name -> google.protobuf.Duration
 	9,  // 10: sluice.rollout.v1.MetricProvider.builtin:type_name -> sluice.rollout.v1.BuiltinMetric
 	10, // 11: sluice.rollout.v1.MetricProvider.clickhouse:type_name -> sluice.rollout.v1.ClickHouseMetric
 	11, // 12: sluice.rollout.v1.MetricProvider.prometheus:type_name -> sluice.rollout.v1.PrometheusMetric
 	8,  // 13: sluice.rollout.v1.MetricProvider.judge:type_name -> sluice.rollout.v1.SequentialJudge
-	49, // 14: sluice.rollout.v1.SequentialJudge.baseline_window:type_name -> google.protobuf.Duration
+	56, // 14: sluice.rollout.v1.SequentialJudge.baseline_window:type_name -> google.protobuf.Duration
 	16, // 15: sluice.rollout.v1.Strategy.canary:type_name -> sluice.rollout.v1.CanaryStrategy
 	14, // 16: sluice.rollout.v1.Strategy.blue_green:type_name -> sluice.rollout.v1.BlueGreenStrategy
 	15, // 17: sluice.rollout.v1.Strategy.rolling:type_name -> sluice.rollout.v1.RollingStrategy
 	20, // 18: sluice.rollout.v1.BlueGreenStrategy.preview:type_name -> sluice.rollout.v1.HeaderRoute
-	49, // 19: sluice.rollout.v1.BlueGreenStrategy.auto_promotion_delay:type_name -> google.protobuf.Duration
+	56, // 19: sluice.rollout.v1.BlueGreenStrategy.auto_promotion_delay:type_name -> google.protobuf.Duration
 	12, // 20: sluice.rollout.v1.BlueGreenStrategy.pre_promotion_analysis:type_name -> sluice.rollout.v1.AnalysisStep
 	12, // 21: sluice.rollout.v1.BlueGreenStrategy.post_promotion_analysis:type_name -> sluice.rollout.v1.AnalysisStep
-	49, // 22: sluice.rollout.v1.BlueGreenStrategy.scale_down_delay:type_name -> google.protobuf.Duration
-	49, // 23: sluice.rollout.v1.BlueGreenStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	56, // 22: sluice.rollout.v1.BlueGreenStrategy.scale_down_delay:type_name -> google.protobuf.Duration
+	56, // 23: sluice.rollout.v1.BlueGreenStrategy.progress_deadline:type_name -> google.protobuf.Duration
 	12, // 24: sluice.rollout.v1.RollingStrategy.analysis:type_name -> sluice.rollout.v1.AnalysisStep
-	49, // 25: sluice.rollout.v1.RollingStrategy.pause_between_batches:type_name -> google.protobuf.Duration
-	49, // 26: sluice.rollout.v1.RollingStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	56, // 25: sluice.rollout.v1.RollingStrategy.pause_between_batches:type_name -> google.protobuf.Duration
+	56, // 26: sluice.rollout.v1.RollingStrategy.progress_deadline:type_name -> google.protobuf.Duration
 	17, // 27: sluice.rollout.v1.CanaryStrategy.steps:type_name -> sluice.rollout.v1.CanaryStep
 	19, // 28: sluice.rollout.v1.CanaryStrategy.sticky:type_name -> sluice.rollout.v1.Match
-	49, // 29: sluice.rollout.v1.CanaryStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	56, // 29: sluice.rollout.v1.CanaryStrategy.progress_deadline:type_name -> google.protobuf.Duration
 	18, // 30: sluice.rollout.v1.CanaryStep.pause:type_name -> sluice.rollout.v1.Pause
 	20, // 31: sluice.rollout.v1.CanaryStep.set_header_route:type_name -> sluice.rollout.v1.HeaderRoute
 	12, // 32: sluice.rollout.v1.CanaryStep.analysis:type_name -> sluice.rollout.v1.AnalysisStep
-	49, // 33: sluice.rollout.v1.CanaryStep.progress_deadline:type_name -> google.protobuf.Duration
-	49, // 34: sluice.rollout.v1.Pause.duration:type_name -> google.protobuf.Duration
+	56, // 33: sluice.rollout.v1.CanaryStep.progress_deadline:type_name -> google.protobuf.Duration
+	56, // 34: sluice.rollout.v1.Pause.duration:type_name -> google.protobuf.Duration
 	19, // 35: sluice.rollout.v1.HeaderRoute.match:type_name -> sluice.rollout.v1.Match
 	0,  // 36: sluice.rollout.v1.RolloutStatus.phase:type_name -> sluice.rollout.v1.Phase
 	20, // 37: sluice.rollout.v1.RolloutStatus.header_routes:type_name -> sluice.rollout.v1.HeaderRoute
-	50, // 38: sluice.rollout.v1.RolloutStatus.pause_until:type_name -> google.protobuf.Timestamp
-	50, // 39: sluice.rollout.v1.RolloutStatus.created_at:type_name -> google.protobuf.Timestamp
-	50, // 40: sluice.rollout.v1.RolloutStatus.updated_at:type_name -> google.protobuf.Timestamp
-	50, // 41: sluice.rollout.v1.RolloutStatus.finished_at:type_name -> google.protobuf.Timestamp
+	57, // 38: sluice.rollout.v1.RolloutStatus.pause_until:type_name -> google.protobuf.Timestamp
+	57, // 39: sluice.rollout.v1.RolloutStatus.created_at:type_name -> google.protobuf.Timestamp
+	57, // 40: sluice.rollout.v1.RolloutStatus.updated_at:type_name -> google.protobuf.Timestamp
+	57, // 41: sluice.rollout.v1.RolloutStatus.finished_at:type_name -> google.protobuf.Timestamp
 	23, // 42: sluice.rollout.v1.RolloutStatus.analysis_runs:type_name -> sluice.rollout.v1.AnalysisRunStatus
-	49, // 43: sluice.rollout.v1.RolloutStatus.last_apply:type_name -> google.protobuf.Duration
+	56, // 43: sluice.rollout.v1.RolloutStatus.last_apply:type_name -> google.protobuf.Duration
 	1,  // 44: sluice.rollout.v1.AnalysisRunStatus.phase:type_name -> sluice.rollout.v1.RunPhase
-	50, // 45: sluice.rollout.v1.AnalysisRunStatus.started_at:type_name -> google.protobuf.Timestamp
-	50, // 46: sluice.rollout.v1.AnalysisRunStatus.finished_at:type_name -> google.protobuf.Timestamp
+	57, // 45: sluice.rollout.v1.AnalysisRunStatus.started_at:type_name -> google.protobuf.Timestamp
+	57, // 46: sluice.rollout.v1.AnalysisRunStatus.finished_at:type_name -> google.protobuf.Timestamp
 	1,  // 47: sluice.rollout.v1.MetricResult.phase:type_name -> sluice.rollout.v1.RunPhase
 	1,  // 48: sluice.rollout.v1.Measurement.phase:type_name -> sluice.rollout.v1.RunPhase
-	50, // 49: sluice.rollout.v1.Measurement.start:type_name -> google.protobuf.Timestamp
-	50, // 50: sluice.rollout.v1.Measurement.end:type_name -> google.protobuf.Timestamp
+	57, // 49: sluice.rollout.v1.Measurement.start:type_name -> google.protobuf.Timestamp
+	57, // 50: sluice.rollout.v1.Measurement.end:type_name -> google.protobuf.Timestamp
 	23, // 51: sluice.rollout.v1.AnalysisRun.status:type_name -> sluice.rollout.v1.AnalysisRunStatus
 	24, // 52: sluice.rollout.v1.AnalysisRun.metrics:type_name -> sluice.rollout.v1.MetricResult
 	25, // 53: sluice.rollout.v1.AnalysisRun.measurements:type_name -> sluice.rollout.v1.Measurement
@@ -3904,31 +4410,44 @@ var file_sluice_rollout_v1_rollout_proto_depIdxs = []int32{
 	27, // 65: sluice.rollout.v1.AbortRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
 	26, // 66: sluice.rollout.v1.ListAnalysisRunsResponse.runs:type_name -> sluice.rollout.v1.AnalysisRun
 	26, // 67: sluice.rollout.v1.GetAnalysisRunResponse.run:type_name -> sluice.rollout.v1.AnalysisRun
-	28, // 68: sluice.rollout.v1.RolloutService.CreateRollout:input_type -> sluice.rollout.v1.CreateRolloutRequest
-	30, // 69: sluice.rollout.v1.RolloutService.GetRollout:input_type -> sluice.rollout.v1.GetRolloutRequest
-	32, // 70: sluice.rollout.v1.RolloutService.ListRollouts:input_type -> sluice.rollout.v1.ListRolloutsRequest
-	34, // 71: sluice.rollout.v1.RolloutService.WatchRollout:input_type -> sluice.rollout.v1.WatchRolloutRequest
-	36, // 72: sluice.rollout.v1.RolloutService.PauseRollout:input_type -> sluice.rollout.v1.PauseRolloutRequest
-	38, // 73: sluice.rollout.v1.RolloutService.ResumeRollout:input_type -> sluice.rollout.v1.ResumeRolloutRequest
-	40, // 74: sluice.rollout.v1.RolloutService.PromoteRollout:input_type -> sluice.rollout.v1.PromoteRolloutRequest
-	42, // 75: sluice.rollout.v1.RolloutService.AbortRollout:input_type -> sluice.rollout.v1.AbortRolloutRequest
-	44, // 76: sluice.rollout.v1.RolloutService.ListAnalysisRuns:input_type -> sluice.rollout.v1.ListAnalysisRunsRequest
-	46, // 77: sluice.rollout.v1.RolloutService.GetAnalysisRun:input_type -> sluice.rollout.v1.GetAnalysisRunRequest
-	29, // 78: sluice.rollout.v1.RolloutService.CreateRollout:output_type -> sluice.rollout.v1.CreateRolloutResponse
-	31, // 79: sluice.rollout.v1.RolloutService.GetRollout:output_type -> sluice.rollout.v1.GetRolloutResponse
-	33, // 80: sluice.rollout.v1.RolloutService.ListRollouts:output_type -> sluice.rollout.v1.ListRolloutsResponse
-	35, // 81: sluice.rollout.v1.RolloutService.WatchRollout:output_type -> sluice.rollout.v1.WatchRolloutResponse
-	37, // 82: sluice.rollout.v1.RolloutService.PauseRollout:output_type -> sluice.rollout.v1.PauseRolloutResponse
-	39, // 83: sluice.rollout.v1.RolloutService.ResumeRollout:output_type -> sluice.rollout.v1.ResumeRolloutResponse
-	41, // 84: sluice.rollout.v1.RolloutService.PromoteRollout:output_type -> sluice.rollout.v1.PromoteRolloutResponse
-	43, // 85: sluice.rollout.v1.RolloutService.AbortRollout:output_type -> sluice.rollout.v1.AbortRolloutResponse
-	45, // 86: sluice.rollout.v1.RolloutService.ListAnalysisRuns:output_type -> sluice.rollout.v1.ListAnalysisRunsResponse
-	47, // 87: sluice.rollout.v1.RolloutService.GetAnalysisRun:output_type -> sluice.rollout.v1.GetAnalysisRunResponse
-	78, // [78:88] is the sub-list for method output_type
-	68, // [68:78] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	0,  // 68: sluice.rollout.v1.RevisionEntry.outcome:type_name -> sluice.rollout.v1.Phase
+	57, // 69: sluice.rollout.v1.RevisionEntry.started_at:type_name -> google.protobuf.Timestamp
+	57, // 70: sluice.rollout.v1.RevisionEntry.finished_at:type_name -> google.protobuf.Timestamp
+	48, // 71: sluice.rollout.v1.ListRevisionsResponse.entries:type_name -> sluice.rollout.v1.RevisionEntry
+	56, // 72: sluice.rollout.v1.UndoRolloutRequest.rollback_window:type_name -> google.protobuf.Duration
+	27, // 73: sluice.rollout.v1.UndoRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	27, // 74: sluice.rollout.v1.RetryRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	28, // 75: sluice.rollout.v1.RolloutService.CreateRollout:input_type -> sluice.rollout.v1.CreateRolloutRequest
+	30, // 76: sluice.rollout.v1.RolloutService.GetRollout:input_type -> sluice.rollout.v1.GetRolloutRequest
+	32, // 77: sluice.rollout.v1.RolloutService.ListRollouts:input_type -> sluice.rollout.v1.ListRolloutsRequest
+	34, // 78: sluice.rollout.v1.RolloutService.WatchRollout:input_type -> sluice.rollout.v1.WatchRolloutRequest
+	36, // 79: sluice.rollout.v1.RolloutService.PauseRollout:input_type -> sluice.rollout.v1.PauseRolloutRequest
+	38, // 80: sluice.rollout.v1.RolloutService.ResumeRollout:input_type -> sluice.rollout.v1.ResumeRolloutRequest
+	40, // 81: sluice.rollout.v1.RolloutService.PromoteRollout:input_type -> sluice.rollout.v1.PromoteRolloutRequest
+	42, // 82: sluice.rollout.v1.RolloutService.AbortRollout:input_type -> sluice.rollout.v1.AbortRolloutRequest
+	44, // 83: sluice.rollout.v1.RolloutService.ListAnalysisRuns:input_type -> sluice.rollout.v1.ListAnalysisRunsRequest
+	46, // 84: sluice.rollout.v1.RolloutService.GetAnalysisRun:input_type -> sluice.rollout.v1.GetAnalysisRunRequest
+	49, // 85: sluice.rollout.v1.RolloutService.ListRevisions:input_type -> sluice.rollout.v1.ListRevisionsRequest
+	51, // 86: sluice.rollout.v1.RolloutService.UndoRollout:input_type -> sluice.rollout.v1.UndoRolloutRequest
+	53, // 87: sluice.rollout.v1.RolloutService.RetryRollout:input_type -> sluice.rollout.v1.RetryRolloutRequest
+	29, // 88: sluice.rollout.v1.RolloutService.CreateRollout:output_type -> sluice.rollout.v1.CreateRolloutResponse
+	31, // 89: sluice.rollout.v1.RolloutService.GetRollout:output_type -> sluice.rollout.v1.GetRolloutResponse
+	33, // 90: sluice.rollout.v1.RolloutService.ListRollouts:output_type -> sluice.rollout.v1.ListRolloutsResponse
+	35, // 91: sluice.rollout.v1.RolloutService.WatchRollout:output_type -> sluice.rollout.v1.WatchRolloutResponse
+	37, // 92: sluice.rollout.v1.RolloutService.PauseRollout:output_type -> sluice.rollout.v1.PauseRolloutResponse
+	39, // 93: sluice.rollout.v1.RolloutService.ResumeRollout:output_type -> sluice.rollout.v1.ResumeRolloutResponse
+	41, // 94: sluice.rollout.v1.RolloutService.PromoteRollout:output_type -> sluice.rollout.v1.PromoteRolloutResponse
+	43, // 95: sluice.rollout.v1.RolloutService.AbortRollout:output_type -> sluice.rollout.v1.AbortRolloutResponse
+	45, // 96: sluice.rollout.v1.RolloutService.ListAnalysisRuns:output_type -> sluice.rollout.v1.ListAnalysisRunsResponse
+	47, // 97: sluice.rollout.v1.RolloutService.GetAnalysisRun:output_type -> sluice.rollout.v1.GetAnalysisRunResponse
+	50, // 98: sluice.rollout.v1.RolloutService.ListRevisions:output_type -> sluice.rollout.v1.ListRevisionsResponse
+	52, // 99: sluice.rollout.v1.RolloutService.UndoRollout:output_type -> sluice.rollout.v1.UndoRolloutResponse
+	54, // 100: sluice.rollout.v1.RolloutService.RetryRollout:output_type -> sluice.rollout.v1.RetryRolloutResponse
+	88, // [88:101] is the sub-list for method output_type
+	75, // [75:88] is the sub-list for method input_type
+	75, // [75:75] is the sub-list for extension type_name
+	75, // [75:75] is the sub-list for extension extendee
+	0,  // [0:75] is the sub-list for field type_name
 }
 
 func init() { file_sluice_rollout_v1_rollout_proto_init() }
@@ -3970,7 +4489,7 @@ func file_sluice_rollout_v1_rollout_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_rollout_v1_rollout_proto_rawDesc), len(file_sluice_rollout_v1_rollout_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   47,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -63,6 +63,15 @@ const (
 	// RolloutServiceGetAnalysisRunProcedure is the fully-qualified name of the RolloutService's
 	// GetAnalysisRun RPC.
 	RolloutServiceGetAnalysisRunProcedure = "/sluice.rollout.v1.RolloutService/GetAnalysisRun"
+	// RolloutServiceListRevisionsProcedure is the fully-qualified name of the RolloutService's
+	// ListRevisions RPC.
+	RolloutServiceListRevisionsProcedure = "/sluice.rollout.v1.RolloutService/ListRevisions"
+	// RolloutServiceUndoRolloutProcedure is the fully-qualified name of the RolloutService's
+	// UndoRollout RPC.
+	RolloutServiceUndoRolloutProcedure = "/sluice.rollout.v1.RolloutService/UndoRollout"
+	// RolloutServiceRetryRolloutProcedure is the fully-qualified name of the RolloutService's
+	// RetryRollout RPC.
+	RolloutServiceRetryRolloutProcedure = "/sluice.rollout.v1.RolloutService/RetryRollout"
 )
 
 // RolloutServiceClient is a client for the sluice.rollout.v1.RolloutService service.
@@ -92,6 +101,16 @@ type RolloutServiceClient interface {
 	ListAnalysisRuns(context.Context, *connect.Request[v1.ListAnalysisRunsRequest]) (*connect.Response[v1.ListAnalysisRunsResponse], error)
 	// GetAnalysisRun returns one run with every measurement taken.
 	GetAnalysisRun(context.Context, *connect.Request[v1.GetAnalysisRunRequest]) (*connect.Response[v1.GetAnalysisRunResponse], error)
+	// ListRevisions returns a service's revision history: every finished
+	// rollout with its digests, who started it and how it ended.
+	ListRevisions(context.Context, *connect.Request[v1.ListRevisionsRequest]) (*connect.Response[v1.ListRevisionsResponse], error)
+	// UndoRollout rolls a service back to a previous stable digest as a new
+	// rollout; a revision that was stable within rollback_window goes back at
+	// once, without steps or analysis.
+	UndoRollout(context.Context, *connect.Request[v1.UndoRolloutRequest]) (*connect.Response[v1.UndoRolloutResponse], error)
+	// RetryRollout starts an aborted or failed rollout again as a new
+	// rollout with the same spec.
+	RetryRollout(context.Context, *connect.Request[v1.RetryRolloutRequest]) (*connect.Response[v1.RetryRolloutResponse], error)
 }
 
 // NewRolloutServiceClient constructs a client for the sluice.rollout.v1.RolloutService service. By
@@ -170,6 +189,25 @@ func NewRolloutServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		listRevisions: connect.NewClient[v1.ListRevisionsRequest, v1.ListRevisionsResponse](
+			httpClient,
+			baseURL+RolloutServiceListRevisionsProcedure,
+			connect.WithSchema(rolloutServiceMethods.ByName("ListRevisions")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		undoRollout: connect.NewClient[v1.UndoRolloutRequest, v1.UndoRolloutResponse](
+			httpClient,
+			baseURL+RolloutServiceUndoRolloutProcedure,
+			connect.WithSchema(rolloutServiceMethods.ByName("UndoRollout")),
+			connect.WithClientOptions(opts...),
+		),
+		retryRollout: connect.NewClient[v1.RetryRolloutRequest, v1.RetryRolloutResponse](
+			httpClient,
+			baseURL+RolloutServiceRetryRolloutProcedure,
+			connect.WithSchema(rolloutServiceMethods.ByName("RetryRollout")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -185,6 +223,9 @@ type rolloutServiceClient struct {
 	abortRollout     *connect.Client[v1.AbortRolloutRequest, v1.AbortRolloutResponse]
 	listAnalysisRuns *connect.Client[v1.ListAnalysisRunsRequest, v1.ListAnalysisRunsResponse]
 	getAnalysisRun   *connect.Client[v1.GetAnalysisRunRequest, v1.GetAnalysisRunResponse]
+	listRevisions    *connect.Client[v1.ListRevisionsRequest, v1.ListRevisionsResponse]
+	undoRollout      *connect.Client[v1.UndoRolloutRequest, v1.UndoRolloutResponse]
+	retryRollout     *connect.Client[v1.RetryRolloutRequest, v1.RetryRolloutResponse]
 }
 
 // CreateRollout calls sluice.rollout.v1.RolloutService.CreateRollout.
@@ -237,6 +278,21 @@ func (c *rolloutServiceClient) GetAnalysisRun(ctx context.Context, req *connect.
 	return c.getAnalysisRun.CallUnary(ctx, req)
 }
 
+// ListRevisions calls sluice.rollout.v1.RolloutService.ListRevisions.
+func (c *rolloutServiceClient) ListRevisions(ctx context.Context, req *connect.Request[v1.ListRevisionsRequest]) (*connect.Response[v1.ListRevisionsResponse], error) {
+	return c.listRevisions.CallUnary(ctx, req)
+}
+
+// UndoRollout calls sluice.rollout.v1.RolloutService.UndoRollout.
+func (c *rolloutServiceClient) UndoRollout(ctx context.Context, req *connect.Request[v1.UndoRolloutRequest]) (*connect.Response[v1.UndoRolloutResponse], error) {
+	return c.undoRollout.CallUnary(ctx, req)
+}
+
+// RetryRollout calls sluice.rollout.v1.RolloutService.RetryRollout.
+func (c *rolloutServiceClient) RetryRollout(ctx context.Context, req *connect.Request[v1.RetryRolloutRequest]) (*connect.Response[v1.RetryRolloutResponse], error) {
+	return c.retryRollout.CallUnary(ctx, req)
+}
+
 // RolloutServiceHandler is an implementation of the sluice.rollout.v1.RolloutService service.
 type RolloutServiceHandler interface {
 	// CreateRollout starts a rollout. It is idempotent: the same id with the
@@ -264,6 +320,16 @@ type RolloutServiceHandler interface {
 	ListAnalysisRuns(context.Context, *connect.Request[v1.ListAnalysisRunsRequest]) (*connect.Response[v1.ListAnalysisRunsResponse], error)
 	// GetAnalysisRun returns one run with every measurement taken.
 	GetAnalysisRun(context.Context, *connect.Request[v1.GetAnalysisRunRequest]) (*connect.Response[v1.GetAnalysisRunResponse], error)
+	// ListRevisions returns a service's revision history: every finished
+	// rollout with its digests, who started it and how it ended.
+	ListRevisions(context.Context, *connect.Request[v1.ListRevisionsRequest]) (*connect.Response[v1.ListRevisionsResponse], error)
+	// UndoRollout rolls a service back to a previous stable digest as a new
+	// rollout; a revision that was stable within rollback_window goes back at
+	// once, without steps or analysis.
+	UndoRollout(context.Context, *connect.Request[v1.UndoRolloutRequest]) (*connect.Response[v1.UndoRolloutResponse], error)
+	// RetryRollout starts an aborted or failed rollout again as a new
+	// rollout with the same spec.
+	RetryRollout(context.Context, *connect.Request[v1.RetryRolloutRequest]) (*connect.Response[v1.RetryRolloutResponse], error)
 }
 
 // NewRolloutServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -338,6 +404,25 @@ func NewRolloutServiceHandler(svc RolloutServiceHandler, opts ...connect.Handler
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	rolloutServiceListRevisionsHandler := connect.NewUnaryHandler(
+		RolloutServiceListRevisionsProcedure,
+		svc.ListRevisions,
+		connect.WithSchema(rolloutServiceMethods.ByName("ListRevisions")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	rolloutServiceUndoRolloutHandler := connect.NewUnaryHandler(
+		RolloutServiceUndoRolloutProcedure,
+		svc.UndoRollout,
+		connect.WithSchema(rolloutServiceMethods.ByName("UndoRollout")),
+		connect.WithHandlerOptions(opts...),
+	)
+	rolloutServiceRetryRolloutHandler := connect.NewUnaryHandler(
+		RolloutServiceRetryRolloutProcedure,
+		svc.RetryRollout,
+		connect.WithSchema(rolloutServiceMethods.ByName("RetryRollout")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/sluice.rollout.v1.RolloutService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case RolloutServiceCreateRolloutProcedure:
@@ -360,6 +445,12 @@ func NewRolloutServiceHandler(svc RolloutServiceHandler, opts ...connect.Handler
 			rolloutServiceListAnalysisRunsHandler.ServeHTTP(w, r)
 		case RolloutServiceGetAnalysisRunProcedure:
 			rolloutServiceGetAnalysisRunHandler.ServeHTTP(w, r)
+		case RolloutServiceListRevisionsProcedure:
+			rolloutServiceListRevisionsHandler.ServeHTTP(w, r)
+		case RolloutServiceUndoRolloutProcedure:
+			rolloutServiceUndoRolloutHandler.ServeHTTP(w, r)
+		case RolloutServiceRetryRolloutProcedure:
+			rolloutServiceRetryRolloutHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -407,4 +498,16 @@ func (UnimplementedRolloutServiceHandler) ListAnalysisRuns(context.Context, *con
 
 func (UnimplementedRolloutServiceHandler) GetAnalysisRun(context.Context, *connect.Request[v1.GetAnalysisRunRequest]) (*connect.Response[v1.GetAnalysisRunResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sluice.rollout.v1.RolloutService.GetAnalysisRun is not implemented"))
+}
+
+func (UnimplementedRolloutServiceHandler) ListRevisions(context.Context, *connect.Request[v1.ListRevisionsRequest]) (*connect.Response[v1.ListRevisionsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sluice.rollout.v1.RolloutService.ListRevisions is not implemented"))
+}
+
+func (UnimplementedRolloutServiceHandler) UndoRollout(context.Context, *connect.Request[v1.UndoRolloutRequest]) (*connect.Response[v1.UndoRolloutResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sluice.rollout.v1.RolloutService.UndoRollout is not implemented"))
+}
+
+func (UnimplementedRolloutServiceHandler) RetryRollout(context.Context, *connect.Request[v1.RetryRolloutRequest]) (*connect.Response[v1.RetryRolloutResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sluice.rollout.v1.RolloutService.RetryRollout is not implemented"))
 }
