@@ -27,8 +27,9 @@ const (
 // outcomes map to results and errors as flagd maps them, which is what
 // flagd providers expect: a disabled flag, or one without a default
 // variant to serve, is a response with reason DISABLED or DEFAULT, no
-// variant and a zero value (the provider then returns the caller's
-// default); FLAG_NOT_FOUND is NotFound, TYPE_MISMATCH InvalidArgument,
+// variant and the type's zero value, as in flagd (v1 cannot leave the
+// value out; v2 can, and providers then return the caller's default);
+// FLAG_NOT_FOUND is NotFound, TYPE_MISMATCH InvalidArgument,
 // PARSE_ERROR DataLoss and GENERAL Unknown, each with a message starting
 // with the OpenFeature error code.
 type evaluationService struct {
