@@ -54,7 +54,8 @@ func snapshotOf(envName string, entries map[string]*entry, rev uint64) (source.S
 // receives the state it missed (if anything changed). A state that does not
 // validate is skipped (and logged): fn keeps the last complete snapshot
 // until a valid one follows. Watch returns nil when fn returns false,
-// ctx.Err() when ctx ends, and an error when the watch cannot be started.
+// ctx.Err() when ctx ends, and an error when the watch cannot be started or
+// the NATS connection is closed for good.
 func (s *Store) Watch(ctx context.Context, envName string, fn func(source.Snapshot) bool) error {
 	e, err := s.env(ctx, envName)
 	if err != nil {
@@ -63,8 +64,8 @@ func (s *Store) Watch(ctx context.Context, envName string, fn func(source.Snapsh
 	// A server restart loses the watch's consumer; nats.go would notice
 	// only after missed heartbeats (about 20 s), so restart it on reconnect.
 	nc := s.js.Conn()
-	reconnected := nc.StatusChanged(nats.CONNECTED)
-	defer nc.RemoveStatusListener(reconnected)
+	status := nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
+	defer nc.RemoveStatusListener(status)
 	w, err := e.kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", Bucket(e.name), err)
@@ -91,7 +92,10 @@ func (s *Store) Watch(ctx context.Context, envName string, fn func(source.Snapsh
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-reconnected:
+		case st := <-status:
+			if st == nats.CLOSED {
+				return fmt.Errorf("watch %s: the NATS connection was closed", Bucket(e.name))
+			}
 			_ = w.Stop()
 			if w, err = s.rewatch(ctx, e); err != nil {
 				return err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/flags/definition"
 	"github.com/sluicehq/sluice/flags/source"
@@ -192,6 +193,35 @@ func TestWatchEnds(t *testing.T) {
 	}
 	if err := f.st.Watch(ctxT(t), "nope", func(source.Snapshot) bool { return true }); !errors.Is(err, store.ErrUnknownEnvironment) {
 		t.Errorf("Watch(nope) = %v, want ErrUnknownEnvironment", err)
+	}
+
+	// A connection closed for good ends the watch with an error.
+	nc, err := nats.Connect(f.srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(ctxT(t), js, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- st.Watch(ctxT(t), "dev", func(source.Snapshot) bool {
+			nc.Close()
+			return true
+		})
+	}()
+	select {
+	case err := <-done:
+		if err == nil || errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Watch after the connection closed = %v, want an error saying so", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("Watch did not return within 10s of its connection closing")
 	}
 }
 
