@@ -229,6 +229,10 @@ func runDemo(ctx context.Context, s *stack.Stack, ci bool, perStep int) error {
 		d.measure(ctx, 0, stack.FaultyRevision, -1, "after the abort: ")
 	}
 
+	if err := d.runFlagsDemo(ctx); err != nil {
+		d.add("flags demo: "+err.Error(), false)
+	}
+
 	fmt.Println("\nsummary:")
 	failed := 0
 	for _, c := range d.checks {

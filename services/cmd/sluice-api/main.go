@@ -23,6 +23,7 @@ import (
 	tlog "go.temporal.io/sdk/log"
 
 	"github.com/sluicehq/sluice/analysis-worker/chstore"
+	"github.com/sluicehq/sluice/flags/serve"
 	flagstore "github.com/sluicehq/sluice/flags/store"
 	"github.com/sluicehq/sluice/services/api"
 	"github.com/sluicehq/sluice/workflows/ops"
@@ -94,6 +95,13 @@ func run() error {
 		defer ch.Close()
 		rh.Measurements = ch
 		checks["clickhouse"] = ch.Ping
+	}
+	// Flag evaluation for apps: OFREP and flagd's evaluation and sync
+	// services, from the same store, on the same port.
+	flagServer := serve.New(flags, serve.Options{Logger: log})
+	defer flagServer.Close()
+	for _, p := range flagServer.Paths() {
+		mux.Handle(p, flagServer.Handler())
 	}
 	if err := api.Mount(mux, rh, &api.FleetHandler{Agents: st}, api.WithFlags(&api.FlagHandler{Flags: flags, Log: log})); err != nil {
 		return err
