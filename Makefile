@@ -13,7 +13,8 @@ PKGS := $(foreach m,$(MODULES),github.com/sluicehq/sluice/$(m)/...)
 BINARIES := sluice sluice-api sluice-worker sluice-agent sluice-demoapp sluice-dev
 
 .PHONY: all bootstrap tools build generate check-generated lint breaking test test-unit \
-	test-integration demo demo-ci ci bench bench-proxy bench-propagation bench-judges bench-flags clean
+	test-integration demo demo-ci ci bench bench-proxy bench-propagation bench-judges bench-flags \
+	bench-abort bench-ingest bench-flip bench-flags-remote clean
 
 all: build
 
@@ -75,20 +76,34 @@ demo-ci: bootstrap build
 
 ci: bootstrap check-generated lint breaking test demo-ci
 
-bench: bench-proxy bench-propagation bench-judges bench-flags
+# Benchmarks print their figures; docs/benchmarks.md keeps them with these
+# commands. They are not part of CI.
+bench: bench-proxy bench-propagation bench-judges bench-flags bench-abort bench-ingest bench-flip bench-flags-remote
 
 bench-proxy: build
 	@scripts/bootstrap.sh bench
 	bench/proxy/run.sh
 
 bench-propagation: build
-	go run ./bench/propagation
+	go run ./bench/propagation $(PROPAGATION_FLAGS)
 
 bench-judges:
-	go run ./bench/judges -mode=full
+	cd bench && go run ./judges -mode=full -tune=500 -healthy=3000 -regr=200
 
 bench-flags:
 	cd flags && go test -run '^$$' -bench . -benchmem ./eval/
+
+bench-abort: build
+	go run ./bench/abort -runs 20
+
+bench-ingest: build
+	go run ./bench/ingest
+
+bench-flip: build
+	go run ./bench/flip
+
+bench-flags-remote:
+	go run ./bench/flags
 
 clean:
 	rm -rf bin .stack
