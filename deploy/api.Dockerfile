@@ -16,10 +16,10 @@ COPY agent/go.* agent/
 COPY bench/go.* bench/
 COPY devstack/go.* devstack/
 COPY e2e/go.* e2e/
-COPY flags/go.* flags/
 # The modules sluice-api imports.
 COPY analysis-worker/ analysis-worker/
 COPY core/ core/
+COPY flags/ flags/
 COPY proto/ proto/
 COPY workflows/ workflows/
 COPY services/ services/
