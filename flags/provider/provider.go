@@ -136,7 +136,7 @@ type Provider struct {
 
 	mu        sync.Mutex
 	phase     phase
-	initc     chan error // the run goroutine's answer to Init, buffered
+	initc     chan error // the run goroutine's answer to Init, buffered; read under mu
 	cancel    context.CancelFunc
 	done      chan struct{} // closed when the run goroutine has returned
 	connected bool
@@ -279,10 +279,14 @@ func (p *Provider) InitWithContext(ctx context.Context, _ openfeature.Evaluation
 	p.mu.Lock()
 	switch p.phase {
 	case phaseStopped:
-		runCtx, cancel := context.WithCancel(context.Background())
-		p.phase, p.cancel, p.done = phaseStarting, cancel, make(chan struct{})
-		p.initc = make(chan error, 1)
-		go p.run(runCtx, p.done)
+		p.start()
+	case phaseFailed:
+		select {
+		case <-p.done: // stopped by a fatal error: start again
+			p.start()
+		default: // still trying: wait again
+			p.phase, p.initc = phaseStarting, make(chan error, 1)
+		}
 	case phaseStarting:
 	default:
 		p.mu.Unlock()
@@ -302,6 +306,14 @@ func (p *Provider) InitWithContext(ctx context.Context, _ openfeature.Evaluation
 	case <-ctx.Done():
 		return p.initFailed(ctx.Err())
 	}
+}
+
+// start starts the run goroutine; p.mu is held.
+func (p *Provider) start() {
+	runCtx, cancel := context.WithCancel(context.Background())
+	p.phase, p.cancel, p.done = phaseStarting, cancel, make(chan struct{})
+	p.initc = make(chan error, 1)
+	go p.run(runCtx, p.done)
 }
 
 // initFailed records that Init gave up waiting, unless flags arrived

@@ -89,7 +89,7 @@ func (p *Provider) apply(doc string) bool {
 	p.updates++
 	first := !p.connected
 	p.connected, p.lastErr = true, nil
-	ph := p.phase
+	ph, initc := p.phase, p.initc
 	if p.phase != phaseStopped {
 		p.phase = phaseReady
 	}
@@ -97,7 +97,7 @@ func (p *Provider) apply(doc string) bool {
 
 	switch {
 	case ph == phaseStarting:
-		p.initc <- nil // the SDK sends PROVIDER_READY when Init returns
+		initc <- nil // the SDK sends PROVIDER_READY when Init returns
 	case first && (ph == phaseStale || ph == phaseFailed):
 		p.emit(openfeature.ProviderReady, "connected to "+p.opts.BaseURL, nil)
 	}
@@ -114,7 +114,7 @@ func (p *Provider) streamEnded(err error, delivered bool) bool {
 	p.mu.Lock()
 	wasConnected := p.connected
 	p.connected, p.lastErr = false, err
-	ph := p.phase
+	ph, initc := p.phase, p.initc
 	stopInit := !delivered && fatal(err) && ph == phaseStarting
 	switch {
 	case stopInit:
@@ -125,7 +125,7 @@ func (p *Provider) streamEnded(err error, delivered bool) bool {
 	p.mu.Unlock()
 
 	if stopInit {
-		p.initc <- &openfeature.ProviderInitError{ErrorCode: openfeature.ProviderFatalCode, Message: fmt.Sprintf("sync flags of environment %q from %s: %v", p.opts.Environment, p.opts.BaseURL, err)}
+		initc <- &openfeature.ProviderInitError{ErrorCode: openfeature.ProviderFatalCode, Message: fmt.Sprintf("sync flags of environment %q from %s: %v", p.opts.Environment, p.opts.BaseURL, err)}
 		return false
 	}
 	p.log.Warn("sluice provider: flag stream ended; serving the last flags and reconnecting", "url", p.opts.BaseURL, "env", p.opts.Environment, "err", err)
