@@ -45,6 +45,7 @@ require (
 	github.com/stretchr/testify v1.12.1 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect
 	go.opentelemetry.io/otel/trace v1.47.0 // indirect
+	go.uber.org/mock v0.6.0 // indirect
 	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/net v0.62.0 // indirect
@@ -60,11 +61,13 @@ require (
 require (
 	github.com/ClickHouse/clickhouse-go/v2 v2.51.0
 	github.com/aclements/go-moremath v0.0.0-20210112150236-f10218a38794
+	github.com/open-feature/go-sdk v1.20.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/prometheus/client_model v0.6.3
 	github.com/sluicehq/sluice/agent v0.0.0
 	github.com/sluicehq/sluice/analysis-worker v0.0.0
 	github.com/sluicehq/sluice/devstack v0.0.0
+	github.com/sluicehq/sluice/flags v0.0.0
 	github.com/sluicehq/sluice/proto v0.0.0
 	github.com/sluicehq/sluice/workflows v0.0.0
 	go.temporal.io/api v1.64.3
@@ -82,3 +85,5 @@ replace github.com/sluicehq/sluice/proto => ../proto
 replace github.com/sluicehq/sluice/analysis-worker => ../analysis-worker
 
 replace github.com/sluicehq/sluice/workflows => ../workflows
+
+replace github.com/sluicehq/sluice/flags => ../flags
