@@ -4,9 +4,11 @@
 // from, the directory it persists applied state to, the admin address, how
 // many seconds of metrics it keeps while NATS is away, and for every
 // service it fronts: the listen address, the revision served before any
-// desired state arrives, the upstream addresses of every revision it can
-// route to, and which upstream statuses count as errors in its metrics.
-// Unknown fields are errors, so a typo never silently drops a setting.
+// desired state arrives, the upstream addresses of the revisions it routes
+// to by address, how it runs every other revision itself from its artifact
+// (the run section), and which upstream statuses count as errors in its
+// metrics. Unknown fields are errors, so a typo never silently drops a
+// setting.
 package config
 
 import (
@@ -14,10 +16,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
+	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -65,15 +71,151 @@ type Service struct {
 	// Listen is the proxy's host:port.
 	Listen string `yaml:"listen"`
 	// Initial is the revision served at 100 % until a desired state is
-	// applied; it must be one of Revisions.
+	// applied; it must be one of Revisions, or any revision when Run is set.
 	Initial string `yaml:"initial"`
 	// Revisions maps each immutable revision to its upstream host:port
-	// addresses, used round-robin.
+	// addresses, used round-robin. These revisions run elsewhere; the agent
+	// only routes to them.
 	Revisions map[string][]string `yaml:"revisions"`
+	// Run, when set, lets the agent run every other revision itself: it
+	// fetches the revision's artifact by digest, verifies it and starts
+	// instances of it. Without Run, a desired state naming a revision not in
+	// Revisions is rejected.
+	Run *Run `yaml:"run"`
 	// ErrorStatuses are the upstream answers counted as errors in the
 	// metrics: status classes ("5xx") or codes ("429"). Empty means
 	// ["5xx"]. Upstreams that cannot be reached are always errors.
 	ErrorStatuses []string `yaml:"errorStatuses"`
+}
+
+// Placeholders substituted in Run.Command and Run.Args for each instance.
+const (
+	// PlaceholderPort is the loopback port the instance must listen on
+	// (also in the PORT environment variable).
+	PlaceholderPort = "{port}"
+	// PlaceholderEntrypoint is the absolute path of the artifact's program:
+	// the executable itself, or the file a tarball's sluice.entrypoint names.
+	PlaceholderEntrypoint = "{entrypoint}"
+	// PlaceholderDir is the absolute path of the directory the artifact was
+	// unpacked into (the instance's working directory).
+	PlaceholderDir = "{dir}"
+)
+
+// Defaults of the run section.
+const (
+	DefaultInstances      = 1
+	MaxInstances          = 64
+	DefaultStartupTimeout = 60 * time.Second
+	DefaultDrain          = 10 * time.Second
+	DefaultStopTimeout    = 10 * time.Second
+	DefaultProbePeriod    = 500 * time.Millisecond
+	DefaultProbeTimeout   = time.Second
+	DefaultProbeFailures  = 3
+	DefaultBackoffInitial = 500 * time.Millisecond
+	DefaultBackoffMax     = 30 * time.Second
+)
+
+// Run says how the agent runs a service's revisions from their artifacts.
+// Zero durations and counts take the defaults above (WithDefaults).
+type Run struct {
+	// Instances is how many processes of each revision run; default 1.
+	Instances int `yaml:"instances"`
+	// Command is the program and its first arguments; default
+	// ["{entrypoint}"]. Placeholders: {port}, {entrypoint}, {dir}.
+	Command []string `yaml:"command"`
+	// Args are appended to Command, with the same placeholders.
+	Args []string `yaml:"args"`
+	// Env is added to the instance's environment (beside PATH, PORT and
+	// SLUICE_SERVICE, SLUICE_REVISION, SLUICE_INSTANCE, which the agent
+	// sets and which cannot be overridden).
+	Env map[string]string `yaml:"env"`
+	// Readiness is the probe that decides when an instance takes traffic.
+	Readiness Probe `yaml:"readiness"`
+	// StartupTimeout bounds how long a desired state waits for each of its
+	// revisions to have a ready instance; after it the state is rejected.
+	StartupTimeout time.Duration `yaml:"startupTimeout"`
+	// Drain is how long a revision that is no longer desired keeps running
+	// after routing stopped sending it requests, so requests in flight
+	// finish; then its instances are stopped.
+	Drain time.Duration `yaml:"drain"`
+	// StopTimeout is how long a stopping instance gets between SIGTERM and
+	// SIGKILL.
+	StopTimeout time.Duration `yaml:"stopTimeout"`
+	// RestartBackoff paces restarts of instances that exit.
+	RestartBackoff Backoff `yaml:"restartBackoff"`
+}
+
+// Probe is a readiness probe: an HTTP GET of a path (any 2xx or 3xx
+// passes) or a TCP connect to the instance's port. Neither set means TCP.
+type Probe struct {
+	// HTTPGet is the path to GET, starting with "/".
+	HTTPGet string `yaml:"httpGet"`
+	// TCP probes by connecting to the port.
+	TCP bool `yaml:"tcp"`
+	// Period between probes; default 500ms.
+	Period time.Duration `yaml:"period"`
+	// Timeout of one probe; default 1s.
+	Timeout time.Duration `yaml:"timeout"`
+	// FailureThreshold is how many consecutive failures take a ready
+	// instance out of rotation; default 3.
+	FailureThreshold int `yaml:"failureThreshold"`
+}
+
+// Backoff is a doubling delay between restarts.
+type Backoff struct {
+	// Initial delay; default 500ms.
+	Initial time.Duration `yaml:"initial"`
+	// Max delay; default 30s.
+	Max time.Duration `yaml:"max"`
+}
+
+// WithDefaults returns r with every zero field set to its default.
+func (r Run) WithDefaults() Run {
+	if r.Instances == 0 {
+		r.Instances = DefaultInstances
+	}
+	if len(r.Command) == 0 {
+		r.Command = []string{PlaceholderEntrypoint}
+	}
+	if r.StartupTimeout == 0 {
+		r.StartupTimeout = DefaultStartupTimeout
+	}
+	if r.Drain == 0 {
+		r.Drain = DefaultDrain
+	}
+	if r.StopTimeout == 0 {
+		r.StopTimeout = DefaultStopTimeout
+	}
+	if r.Readiness.HTTPGet == "" {
+		r.Readiness.TCP = true
+	}
+	if r.Readiness.Period == 0 {
+		r.Readiness.Period = DefaultProbePeriod
+	}
+	if r.Readiness.Timeout == 0 {
+		r.Readiness.Timeout = DefaultProbeTimeout
+	}
+	if r.Readiness.FailureThreshold == 0 {
+		r.Readiness.FailureThreshold = DefaultProbeFailures
+	}
+	if r.RestartBackoff.Initial == 0 {
+		r.RestartBackoff.Initial = DefaultBackoffInitial
+	}
+	if r.RestartBackoff.Max == 0 {
+		r.RestartBackoff.Max = max(DefaultBackoffMax, r.RestartBackoff.Initial)
+	}
+	return r
+}
+
+// UsesEntrypoint reports whether the command line names {entrypoint}, so
+// the artifact must have one.
+func (r Run) UsesEntrypoint() bool {
+	for _, a := range slices.Concat(r.WithDefaults().Command, r.Args) {
+		if strings.Contains(a, PlaceholderEntrypoint) {
+			return true
+		}
+	}
+	return false
 }
 
 // RevisionNames returns the service's revisions, sorted.
@@ -168,8 +310,8 @@ func (c Config) Validate() error {
 		} else {
 			listens[s.Listen] = i
 		}
-		if len(s.Revisions) == 0 {
-			bad(p+".revisions", "at least one revision with upstream addresses is required")
+		if len(s.Revisions) == 0 && s.Run == nil {
+			bad(p+".revisions", "at least one revision with upstream addresses is required (or a run section)")
 		}
 		for _, rev := range s.RevisionNames() {
 			rp := fmt.Sprintf("%s.revisions[%q]", p, rev)
@@ -191,14 +333,86 @@ func (c Config) Validate() error {
 				bad(p+".errorStatuses["+strconv.Itoa(k)+"]", "%q is neither a status class like \"5xx\" nor a status code 100-599", st)
 			}
 		}
+		if s.Run != nil {
+			validRun(p+".run", *s.Run, bad)
+		}
 		switch {
 		case s.Initial == "":
 			bad(p+".initial", "is required: the revision served until a desired state is applied")
-		case s.Revisions[s.Initial] == nil:
+		case s.Revisions[s.Initial] != nil:
+		case s.Run == nil:
 			bad(p+".initial", "%q is not one of the service's revisions", s.Initial)
+		default:
+			if _, err := revision.Parse(s.Initial); err != nil {
+				bad(p+".initial", "%v", err)
+			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+var (
+	placeholder = regexp.MustCompile(`\{[a-z]+\}`)
+	envName     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+// reservedEnv are set by the agent for every instance.
+var reservedEnv = []string{"PATH", "PORT", "SLUICE_SERVICE", "SLUICE_REVISION", "SLUICE_INSTANCE"}
+
+func validRun(p string, r Run, bad func(path, format string, args ...any)) {
+	if r.Instances < 0 || r.Instances > MaxInstances {
+		bad(p+".instances", "must be 1-%d, got %d", MaxInstances, r.Instances)
+	}
+	words := func(field string, list []string) {
+		for i, w := range list {
+			wp := p + "." + field + "[" + strconv.Itoa(i) + "]"
+			if field == "command" && w == "" {
+				bad(wp, "is empty")
+			}
+			for _, ph := range placeholder.FindAllString(w, -1) {
+				switch ph {
+				case PlaceholderPort, PlaceholderEntrypoint, PlaceholderDir:
+				default:
+					bad(wp, "unknown placeholder %s; want {port}, {entrypoint} or {dir}", ph)
+				}
+			}
+		}
+	}
+	words("command", r.Command)
+	words("args", r.Args)
+	for _, k := range slices.Sorted(maps.Keys(r.Env)) {
+		switch {
+		case !envName.MatchString(k):
+			bad(p+".env", "%q is not a valid environment variable name", k)
+		case slices.Contains(reservedEnv, k):
+			bad(p+".env", "%s is set by the agent and cannot be overridden", k)
+		}
+	}
+	pr := r.Readiness
+	if pr.HTTPGet != "" && pr.TCP {
+		bad(p+".readiness", "set one of httpGet and tcp, not both")
+	}
+	if pr.HTTPGet != "" && !strings.HasPrefix(pr.HTTPGet, "/") {
+		bad(p+".readiness.httpGet", "%q must be a path starting with /", pr.HTTPGet)
+	}
+	if pr.FailureThreshold < 0 {
+		bad(p+".readiness.failureThreshold", "must not be negative, got %d", pr.FailureThreshold)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"readiness.period", pr.Period}, {"readiness.timeout", pr.Timeout},
+		{"startupTimeout", r.StartupTimeout}, {"drain", r.Drain}, {"stopTimeout", r.StopTimeout},
+		{"restartBackoff.initial", r.RestartBackoff.Initial}, {"restartBackoff.max", r.RestartBackoff.Max},
+	} {
+		if d.v < 0 {
+			bad(p+"."+d.name, "must not be negative, got %s", d.v)
+		}
+	}
+	if r.RestartBackoff.Max > 0 && r.RestartBackoff.Max < r.RestartBackoff.Initial {
+		bad(p+".restartBackoff.max", "%s is below initial %s", r.RestartBackoff.Max, r.RestartBackoff.Initial)
+	}
 }
 
 // hostPort accepts "host:port" with a numeric port (0 allowed, meaning any

@@ -18,6 +18,11 @@
 //
 // Within a revision, requests go round-robin over its upstream addresses.
 // A failed upstream connection answers 502 and is counted per revision.
+//
+// Revisions the agent runs itself have dynamic upstreams: SetUpstreams
+// replaces their addresses (the ready instances) at any time, atomically;
+// a request routed to such a revision while it has no ready instance is
+// answered 503 and counted as an upstream error.
 // Upgrade requests (websockets) and streamed bodies pass through.
 //
 // With a meter.Collector configured, every completed request is recorded
@@ -34,6 +39,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"slices"
+	gosync "sync"
 	"sync/atomic"
 	"time"
 
@@ -52,6 +58,9 @@ type Config struct {
 	Service string
 	// Revisions maps each revision to its upstream host:port addresses.
 	Revisions map[string][]string
+	// Dynamic lists revisions whose upstreams SetUpstreams provides (the
+	// revisions the agent runs); more can be added with AddDynamic.
+	Dynamic []string
 	// Initial is served at 100 % until Apply succeeds.
 	Initial string
 	// Transport carries requests upstream; nil means NewTransport().
@@ -77,12 +86,16 @@ type Config struct {
 // Proxy routes one service's requests. It is safe for concurrent use.
 type Proxy struct {
 	service string
-	pools   map[string]*pool
-	revs    []string
+	revs    []string // the static revisions, sorted
 	table   atomic.Pointer[table]
 	log     *slog.Logger
 	meter   *meter.Collector
 	errs    meter.StatusSet
+	tr      http.RoundTripper
+	metrics *Metrics
+
+	mu    gosync.Mutex // guards pools; serialises Apply and SetUpstreams
+	pools map[string]*pool
 }
 
 // New builds the proxy serving cfg.Initial at 100 %.
@@ -102,19 +115,27 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy for %s: error statuses%w", cfg.Service, err)
 	}
-	p := &Proxy{service: cfg.Service, pools: map[string]*pool{}, log: log, meter: cfg.Meter, errs: errs}
+	p := &Proxy{service: cfg.Service, pools: map[string]*pool{}, log: log, meter: cfg.Meter, errs: errs, tr: tr, metrics: cfg.Metrics}
 	for rev, addrs := range cfg.Revisions {
-		pl, err := newPool(cfg.Service, rev, addrs, tr, cfg.Metrics, log)
+		if len(addrs) == 0 {
+			return nil, fmt.Errorf("proxy for %s: revision %s has no upstream addresses", cfg.Service, rev)
+		}
+		pl, err := p.newPool(rev, false)
 		if err != nil {
 			return nil, fmt.Errorf("proxy for %s: %w", cfg.Service, err)
 		}
-		if cfg.Meter != nil {
-			pl.shard = cfg.Meter.Shard(cfg.Service, rev)
+		if err := pl.setTargets(addrs); err != nil {
+			return nil, fmt.Errorf("proxy for %s: %w", cfg.Service, err)
 		}
 		p.pools[rev] = pl
 		p.revs = append(p.revs, rev)
 	}
 	slices.Sort(p.revs)
+	for _, rev := range cfg.Dynamic {
+		if err := p.AddDynamic(rev); err != nil {
+			return nil, fmt.Errorf("proxy for %s: %w", cfg.Service, err)
+		}
+	}
 	initial := route.Desired{Service: cfg.Service, Backends: []route.Backend{{Revision: cfg.Initial, Weight: 100}}}
 	if err := p.Apply(initial); err != nil {
 		return nil, fmt.Errorf("proxy for %s: initial revision: %w", cfg.Service, err)
@@ -144,14 +165,81 @@ func NewTransport() *http.Transport {
 // Service returns the service name.
 func (p *Proxy) Service() string { return p.service }
 
-// Revisions returns the revisions the proxy has upstreams for, sorted.
+// Revisions returns the revisions the proxy has static upstream addresses
+// for, sorted.
 func (p *Proxy) Revisions() []string { return slices.Clone(p.revs) }
 
-// Apply validates d and, when every revision it names has upstreams, makes
-// it the routing for all requests that start afterwards. On error the
-// previous routing stays in place. Apply is safe to call concurrently with
-// requests; concurrent Apply calls leave the last one to swap in effect.
+// Static reports whether rev has static upstream addresses.
+func (p *Proxy) Static(rev string) bool {
+	_, ok := slices.BinarySearch(p.revs, rev)
+	return ok
+}
+
+// AddDynamic makes rev routable with upstreams that SetUpstreams provides;
+// until then requests routed to it are answered 503. Adding a dynamic
+// revision again is a no-op; a static one is an error.
+func (p *Proxy) AddDynamic(rev string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, err := p.dynamicLocked(rev)
+	return err
+}
+
+func (p *Proxy) dynamicLocked(rev string) (*pool, error) {
+	if pl := p.pools[rev]; pl != nil {
+		if !pl.dynamic {
+			return nil, fmt.Errorf("revision %s has static upstream addresses", rev)
+		}
+		return pl, nil
+	}
+	pl, err := p.newPool(rev, true)
+	if err != nil {
+		return nil, err
+	}
+	p.pools[rev] = pl
+	return pl, nil
+}
+
+// SetUpstreams replaces the upstream addresses of the dynamic revision rev
+// (adding it when needed) for every request that picks an upstream
+// afterwards; requests in flight keep theirs. An empty list leaves rev
+// without upstreams: its requests are answered 503.
+func (p *Proxy) SetUpstreams(rev string, addrs []string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pl, err := p.dynamicLocked(rev)
+	if err != nil {
+		return fmt.Errorf("set upstreams of %s: %w", p.service, err)
+	}
+	if err := pl.setTargets(addrs); err != nil {
+		return fmt.Errorf("set upstreams of %s: %w", p.service, err)
+	}
+	return nil
+}
+
+// Upstreams returns rev's current upstream addresses.
+func (p *Proxy) Upstreams(rev string) []string {
+	p.mu.Lock()
+	pl := p.pools[rev]
+	p.mu.Unlock()
+	if pl == nil {
+		return nil
+	}
+	var out []string
+	for _, t := range *pl.targets.Load() {
+		out = append(out, t.addr)
+	}
+	return out
+}
+
+// Apply validates d and, when every revision it names has upstreams (or is
+// dynamic), makes it the routing for all requests that start afterwards. On
+// error the previous routing stays in place. Apply is safe to call
+// concurrently with requests; concurrent Apply calls leave the last one to
+// swap in effect.
 func (p *Proxy) Apply(d route.Desired) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	t, err := compile(p.service, d, p.pools)
 	if err != nil {
 		return fmt.Errorf("apply routing for %s: %w", p.service, err)
@@ -189,63 +277,107 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // pool is one revision's upstreams. Pools live as long as the proxy and are
 // shared by every table, so round-robin position survives applies.
 type pool struct {
+	service  string
 	revision string
-	targets  []*httputil.ReverseProxy
+	dynamic  bool
+	targets  atomic.Pointer[[]target]
 	rr       counter
 	m        poolMetrics
 	shard    *meter.Shard // nil without a meter
+	tr       http.RoundTripper
+	log      *slog.Logger
 }
 
-func newPool(service, rev string, addrs []string, tr http.RoundTripper, m *Metrics, log *slog.Logger) (*pool, error) {
-	if len(addrs) == 0 {
-		return nil, fmt.Errorf("revision %s has no upstream addresses", rev)
-	}
-	pl := &pool{revision: rev, m: m.forRevision(service, rev)}
-	for _, a := range addrs {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			return nil, fmt.Errorf("revision %s: upstream %q: %w", rev, a, err)
-		}
-		u := &url.URL{Scheme: "http", Host: a}
-		pl.targets = append(pl.targets, &httputil.ReverseProxy{
-			Rewrite: func(pr *httputil.ProxyRequest) {
-				pr.SetURL(u)
-				pr.Out.Host = pr.In.Host // upstreams see the Host the client asked for
-				pr.SetXForwarded()
-			},
-			Transport:     tr,
-			FlushInterval: -1,
-			ModifyResponse: func(resp *http.Response) error {
-				resp.Header.Set(RevisionHeader, rev)
-				pl.m.response(resp.StatusCode)
-				return nil
-			},
-			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-				ex, _ := w.(*exchange)
-				if r.Context().Err() != nil {
-					// The client went away; not the upstream's fault.
-					if ex != nil {
-						ex.clientGone = true
-					}
-					w.WriteHeader(http.StatusBadGateway)
-					return
-				}
-				if ex != nil {
-					ex.upstreamFailed = true
-				}
-				pl.m.upstreamError()
-				log.Warn("upstream request failed", "service", service, "revision", rev, "upstream", a, "err", err)
-				w.Header().Set(RevisionHeader, rev)
-				w.WriteHeader(http.StatusBadGateway)
-			},
-		})
+// target is one upstream address.
+type target struct {
+	addr string
+	rp   *httputil.ReverseProxy
+}
+
+func (p *Proxy) newPool(rev string, dynamic bool) (*pool, error) {
+	pl := &pool{service: p.service, revision: rev, dynamic: dynamic, m: p.metrics.forRevision(p.service, rev), tr: p.tr, log: p.log}
+	pl.targets.Store(&[]target{})
+	if p.meter != nil {
+		pl.shard = p.meter.Shard(p.service, rev)
 	}
 	return pl, nil
 }
 
+// setTargets replaces the pool's addresses, keeping the reverse proxies of
+// addresses it already had. Callers serialise it.
+func (pl *pool) setTargets(addrs []string) error {
+	old := map[string]*httputil.ReverseProxy{}
+	for _, t := range *pl.targets.Load() {
+		old[t.addr] = t.rp
+	}
+	next := make([]target, 0, len(addrs))
+	for _, a := range addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("revision %s: upstream %q: %w", pl.revision, a, err)
+		}
+		rp := old[a]
+		if rp == nil {
+			rp = pl.reverseProxy(a)
+		}
+		next = append(next, target{addr: a, rp: rp})
+	}
+	pl.targets.Store(&next)
+	return nil
+}
+
+func (pl *pool) reverseProxy(a string) *httputil.ReverseProxy {
+	u := &url.URL{Scheme: "http", Host: a}
+	rev := pl.revision
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(u)
+			pr.Out.Host = pr.In.Host // upstreams see the Host the client asked for
+			pr.SetXForwarded()
+		},
+		Transport:     pl.tr,
+		FlushInterval: -1,
+		ModifyResponse: func(resp *http.Response) error {
+			resp.Header.Set(RevisionHeader, rev)
+			pl.m.response(resp.StatusCode)
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			ex, _ := w.(*exchange)
+			if r.Context().Err() != nil {
+				// The client went away; not the upstream's fault.
+				if ex != nil {
+					ex.clientGone = true
+				}
+				w.WriteHeader(http.StatusBadGateway)
+				return
+			}
+			if ex != nil {
+				ex.upstreamFailed = true
+			}
+			pl.m.upstreamError()
+			pl.log.Warn("upstream request failed", "service", pl.service, "revision", rev, "upstream", a, "err", err)
+			w.Header().Set(RevisionHeader, rev)
+			w.WriteHeader(http.StatusBadGateway)
+		},
+	}
+}
+
 func (pl *pool) serve(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	i := pl.rr.add() % uint64(len(pl.targets))
-	pl.targets[i].ServeHTTP(w, r)
+	ts := *pl.targets.Load()
+	if len(ts) == 0 {
+		// A revision the agent runs, with no ready instance right now.
+		if ex, ok := w.(*exchange); ok {
+			ex.upstreamFailed = true
+		}
+		pl.m.upstreamError()
+		w.Header().Set(RevisionHeader, pl.revision)
+		http.Error(w, "no ready instance of revision "+pl.revision, http.StatusServiceUnavailable)
+		pl.m.done(time.Since(start))
+		return
+	}
+	i := pl.rr.add() % uint64(len(ts))
+	ts[i].rp.ServeHTTP(w, r)
 	pl.m.done(time.Since(start))
 }
 

@@ -209,6 +209,13 @@ func cloneDesired(d route.Desired) route.Desired {
 	}
 	c.Backends = append([]route.Backend(nil), d.Backends...)
 	c.HeaderRoutes = append([]route.HeaderRoute(nil), d.HeaderRoutes...)
+	c.Warm = append([]string(nil), d.Warm...)
+	if d.Agents != nil {
+		c.Agents = make(map[string][]route.Backend, len(d.Agents))
+		for a, bs := range d.Agents {
+			c.Agents[a] = append([]route.Backend(nil), bs...)
+		}
+	}
 	if d.Sticky != nil {
 		s := *d.Sticky
 		c.Sticky = &s

@@ -14,6 +14,15 @@
 // generation reported for a service is the KV revision of the entry that
 // was applied; the control plane waits for it.
 //
+// An Applier that also implements Preparer (the agent, whose process
+// driver must start the revisions it runs) is asked to Prepare each
+// accepted state first, in a goroutine of its own per service; the state
+// is applied, and its generation reported, only when Prepare returns nil.
+// Meanwhile the service reports it as PendingGeneration and keeps serving
+// what it applied. A newer state supersedes one still being prepared (its
+// preparation is cancelled and it is neither applied nor rejected); a
+// failed preparation rejects the state with Prepare's error.
+//
 // While NATS is away the loop keeps the applied state (the data plane keeps
 // serving it), the nats.go client reconnects forever, and on every
 // (re)connect the watch is re-established, so the latest value is
@@ -58,6 +67,21 @@ type ApplierFunc func(service string, d route.Desired) error
 // Apply calls f.
 func (f ApplierFunc) Apply(service string, d route.Desired) error { return f(service, d) }
 
+// Preparer is implemented by an Applier whose data plane needs time before
+// it can serve a desired state: the agent's process driver starts the
+// revisions it runs and waits until each has a ready instance.
+//
+// The loop calls Prepare with a state that passed validation and selects
+// the agent, from a goroutine of its own, never concurrently for one
+// service (a preparation starts only after the previous one of the service
+// returned), and calls Apply with the same state only when Prepare
+// returned nil and no newer state arrived meanwhile. ctx ends when a newer
+// state supersedes d or the loop stops. An error rejects d with its text;
+// Prepare must then leave the data plane as it was.
+type Preparer interface {
+	Prepare(ctx context.Context, service string, d route.Desired) error
+}
+
 // Discard accepts every desired state and does nothing with it.
 var Discard Applier = ApplierFunc(func(string, route.Desired) error { return nil })
 
@@ -99,6 +123,9 @@ type Options struct {
 	Metrics *Metrics
 	// HeartbeatInterval; zero means fleet.HeartbeatInterval.
 	HeartbeatInterval time.Duration
+	// Runs, when set, reports the revisions the data plane runs itself for
+	// a service (fleet.Service.Runs). It must not block.
+	Runs func(service string) []fleet.Run
 }
 
 // Status is the loop's connection and reporting state.
@@ -126,8 +153,10 @@ type Loop struct {
 	m         *Metrics
 	heartbeat time.Duration
 	startedAt time.Time
+	runs      func(service string) []fleet.Run
 
 	restored  atomic.Bool
+	preparing gosync.WaitGroup // preparations in flight
 	reportNow chan struct{}
 	nc        atomic.Pointer[nats.Conn]
 	synced    atomic.Bool
@@ -143,6 +172,15 @@ type serviceState struct {
 	generation uint64
 	err        string
 	rejected   uint64
+	pending    uint64       // generation being prepared, 0 if none
+	prep       *preparation // the preparation of pending
+}
+
+// preparation is one Prepare call in flight.
+type preparation struct {
+	gen    uint64
+	cancel context.CancelFunc
+	done   chan struct{} // closed when its goroutine is finished
 }
 
 // New checks o and builds a Loop; it does no I/O.
@@ -170,6 +208,7 @@ func New(o Options) (*Loop, error) {
 		log:       o.Logger,
 		m:         o.Metrics,
 		heartbeat: o.HeartbeatInterval,
+		runs:      o.Runs,
 		startedAt: time.Now().UTC(),
 		reportNow: make(chan struct{}, 1),
 	}
@@ -211,7 +250,7 @@ func (l *Loop) snapshotLocked(now time.Time) fleet.Agent {
 		Services:  make([]fleet.Service, 0, len(l.services)),
 	}
 	for _, s := range l.services {
-		a.Services = append(a.Services, fleet.Service{
+		fs := fleet.Service{
 			Name:               s.info.Name,
 			Listen:             s.info.Listen,
 			Revisions:          append([]string(nil), s.info.Revisions...),
@@ -221,10 +260,19 @@ func (l *Loop) snapshotLocked(now time.Time) fleet.Agent {
 			Applied:            s.applied,
 			Error:              s.err,
 			RejectedGeneration: s.rejected,
-		})
+			PendingGeneration:  s.pending,
+		}
+		if l.runs != nil {
+			fs.Runs = l.runs(s.info.Name)
+		}
+		a.Services = append(a.Services, fs)
 	}
 	return a
 }
+
+// ReportNow asks the loop to put its report at once (for example when the
+// data plane's runs changed); it never blocks.
+func (l *Loop) ReportNow() { signal(l.reportNow) }
 
 // Status returns the loop's connection and reporting state.
 func (l *Loop) Status() Status {
@@ -281,13 +329,20 @@ func (l *Loop) Restore(ctx context.Context) error {
 
 // check validates d for service and applies it.
 func (l *Loop) check(service string, d route.Desired) error {
+	if err := validate(service, d); err != nil {
+		return err
+	}
+	return l.applier.Apply(service, d)
+}
+
+func validate(service string, d route.Desired) error {
 	if err := d.Validate(); err != nil {
 		return err
 	}
 	if d.Service != service {
 		return fmt.Errorf("desired state names service %q, key is for %q", d.Service, service)
 	}
-	return l.applier.Apply(service, d)
+	return nil
 }
 
 // Run connects to NATS, opens the buckets, and watches and reports until
@@ -349,6 +404,7 @@ func (l *Loop) Run(ctx context.Context) error {
 	wg.Go(func() { l.reportLoop(ctx, agents) })
 	l.watchLoop(ctx, desired, reconnected)
 	wg.Wait()
+	l.preparing.Wait()
 	return nil
 }
 
@@ -423,13 +479,13 @@ func (l *Loop) consume(ctx context.Context, w jetstream.KeyWatcher, reconnected 
 				signal(l.reportNow)
 				continue
 			}
-			l.handle(e)
+			l.handle(ctx, e)
 		}
 	}
 }
 
 // handle processes one KV entry.
-func (l *Loop) handle(e jetstream.KeyValueEntry) {
+func (l *Loop) handle(ctx context.Context, e jetstream.KeyValueEntry) {
 	name := strings.TrimPrefix(e.Key(), bus.DesiredKeyPrefix)
 	rev := e.Revision()
 	log := l.log.With("service", name, "generation", rev)
@@ -439,7 +495,7 @@ func (l *Loop) handle(e jetstream.KeyValueEntry) {
 	if s == nil {
 		return
 	}
-	if rev == s.generation || rev == s.rejected {
+	if rev == s.generation || rev == s.rejected || rev == s.pending {
 		return // already handled; a re-watch delivers the latest entry again
 	}
 	if e.Operation() != jetstream.KeyValuePut {
@@ -458,15 +514,79 @@ func (l *Loop) handle(e jetstream.KeyValueEntry) {
 	}
 	// A rolling update routes each host on its own: keep this agent's view.
 	d = d.For(l.id)
+	if p, ok := l.applier.(Preparer); ok {
+		if err := validate(name, d); err != nil {
+			l.cancelPrepLocked(s)
+			l.rejectLocked(s, rev, err)
+			return
+		}
+		l.prepareLocked(ctx, p, s, rev, d)
+		return
+	}
 	if err := l.check(name, d); err != nil {
 		l.rejectLocked(s, rev, err)
 		return
 	}
+	l.appliedLocked(s, rev, d)
+}
+
+func (l *Loop) appliedLocked(s *serviceState, rev uint64, d route.Desired) {
 	s.applied, s.generation, s.err, s.rejected = d, rev, "", 0
-	l.m.applied(name, rev)
-	log.Info("applied desired state", "rollout", d.Rollout, "seq", d.Seq, "backends", d.Backends)
+	l.m.applied(s.info.Name, rev)
+	l.log.Info("applied desired state", "service", s.info.Name, "generation", rev, "rollout", d.Rollout, "seq", d.Seq, "backends", d.Backends, "warm", d.Warm)
 	l.persistLocked()
 	signal(l.reportNow)
+}
+
+// cancelPrepLocked abandons the preparation in flight, if any.
+func (l *Loop) cancelPrepLocked(s *serviceState) *preparation {
+	prev := s.prep
+	if prev != nil {
+		prev.cancel()
+		l.log.Info("desired state superseded while being prepared", "service", s.info.Name, "generation", prev.gen)
+	}
+	s.prep, s.pending = nil, 0
+	return prev
+}
+
+// prepareLocked starts preparing d (generation rev) in a goroutine that
+// applies it when Prepare succeeds and nothing newer arrived, or rejects it.
+func (l *Loop) prepareLocked(ctx context.Context, p Preparer, s *serviceState, rev uint64, d route.Desired) {
+	prev := l.cancelPrepLocked(s)
+	pctx, cancel := context.WithCancel(ctx)
+	prep := &preparation{gen: rev, cancel: cancel, done: make(chan struct{})}
+	s.prep, s.pending = prep, rev
+	name := s.info.Name
+	l.log.Info("preparing desired state", "service", name, "generation", rev, "rollout", d.Rollout, "seq", d.Seq)
+	signal(l.reportNow)
+	l.preparing.Go(func() {
+		defer close(prep.done)
+		defer cancel()
+		if prev != nil {
+			<-prev.done // one preparation per service at a time
+		}
+		err := pctx.Err()
+		if err == nil {
+			err = p.Prepare(pctx, name, d)
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if s.prep != prep {
+			return // superseded
+		}
+		s.prep, s.pending = nil, 0
+		if ctx.Err() != nil {
+			return // the loop is stopping: neither applied nor rejected
+		}
+		if err == nil {
+			err = l.applier.Apply(name, d)
+		}
+		if err != nil {
+			l.rejectLocked(s, rev, err)
+			return
+		}
+		l.appliedLocked(s, rev, d)
+	})
 }
 
 func (l *Loop) rejectLocked(s *serviceState, rev uint64, err error) {
