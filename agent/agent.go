@@ -1,9 +1,21 @@
 // Package agent assembles the edge agent: one proxy per configured service
 // (package proxy), the control loop that applies desired routing from NATS
-// (package sync), the per-second metrics of every proxied request (package
-// meter) and their publisher (package publish), and the admin server
-// (/metrics, /healthz, /readyz, /state). cmd/sluice-agent is a thin main
-// around it; end-to-end tests run agents in-process with New and Run.
+// (package sync), the process driver that runs revisions from their
+// artifacts (packages runner and artifact), the per-second metrics of every
+// proxied request (package meter) and their publisher (package publish),
+// and the admin server (/metrics, /healthz, /readyz, /state).
+// cmd/sluice-agent is a thin main around it; end-to-end tests run agents
+// in-process with New and Run.
+//
+// For a service with a run section, every revision a desired state names
+// that has no static upstream addresses is run by the agent. Such a state
+// is prepared before it is applied: the revisions it routes to or keeps
+// warm are started (beside what is served now) and the state is applied,
+// and its generation reported, only once each has a ready instance. A
+// state whose revisions are not all ready within the service's
+// startupTimeout, or whose artifact fails verification, is rejected and
+// the previous routing keeps serving. Revisions the applied routing no
+// longer needs drain and stop.
 package agent
 
 import (
@@ -11,24 +23,31 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
+	"slices"
 	gosync "sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sluicehq/sluice/agent/artifact"
 	"github.com/sluicehq/sluice/agent/config"
 	"github.com/sluicehq/sluice/agent/meter"
 	"github.com/sluicehq/sluice/agent/proxy"
 	"github.com/sluicehq/sluice/agent/publish"
+	"github.com/sluicehq/sluice/agent/runner"
 	"github.com/sluicehq/sluice/agent/sync"
 	"github.com/sluicehq/sluice/core/fleet"
+	"github.com/sluicehq/sluice/core/revision"
 	"github.com/sluicehq/sluice/core/route"
 )
 
@@ -55,14 +74,18 @@ type Options struct {
 
 // Agent is one edge agent. Build it with New and Run it once.
 type Agent struct {
-	cfg     config.Config
-	log     *slog.Logger
-	reg     *prometheus.Registry
-	grace   time.Duration
-	proxies map[string]*proxy.Proxy
-	loop    *sync.Loop
-	meter   *meter.Collector
-	pub     *publish.Publisher
+	cfg      config.Config
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	grace    time.Duration
+	natsOpts []nats.Option
+	proxies  map[string]*proxy.Proxy
+	loop     *sync.Loop
+	meter    *meter.Collector
+	pub      *publish.Publisher
+	runner   *runner.Runner // nil when no service has a run section
+	cache    *artifact.Cache
+	source   *lazySource
 
 	ready     chan struct{}
 	readyOK   atomic.Bool
@@ -118,25 +141,66 @@ func New(cfg config.Config, o Options) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{
-		cfg:     cfg,
-		log:     log,
-		reg:     reg,
-		grace:   o.ShutdownGrace,
-		proxies: map[string]*proxy.Proxy{},
-		meter:   col,
-		pub:     pub,
-		ready:   make(chan struct{}),
-		addrs:   map[string]string{},
+		cfg:      cfg,
+		log:      log,
+		reg:      reg,
+		grace:    o.ShutdownGrace,
+		natsOpts: o.NATSOptions,
+		proxies:  map[string]*proxy.Proxy{},
+		meter:    col,
+		pub:      pub,
+		ready:    make(chan struct{}),
+		addrs:    map[string]string{},
 	}
 	if a.grace <= 0 {
 		a.grace = 15 * time.Second
 	}
+	specs := map[string]config.Run{}
+	for _, s := range cfg.Services {
+		if s.Run != nil {
+			specs[s.Name] = *s.Run
+		}
+	}
+	if len(specs) > 0 {
+		rm, err := runner.NewMetrics(reg)
+		if err != nil {
+			return nil, fmt.Errorf("register process driver metrics: %w", err)
+		}
+		a.source = &lazySource{}
+		a.cache = artifact.NewCache(filepath.Join(cfg.StateDir, "artifacts"), a.source, log)
+		if err := registerCacheMetrics(reg, a.cache); err != nil {
+			return nil, err
+		}
+		a.runner, err = runner.New(specs, runner.Options{
+			Artifacts: a.cache,
+			Upstreams: func(service, rev string, addrs []string) {
+				if err := a.proxies[service].SetUpstreams(rev, addrs); err != nil {
+					log.Error("route to instances", "service", service, "revision", rev, "err", err)
+				}
+			},
+			Changed: func(string) {
+				if a.loop != nil {
+					a.loop.ReportNow()
+				}
+			},
+			Logger:  log,
+			Metrics: rm,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
 	tr := proxy.NewTransport()
 	var services []sync.Service
 	for _, s := range cfg.Services {
+		var dynamic []string
+		if _, static := s.Revisions[s.Initial]; !static {
+			dynamic = []string{s.Initial}
+		}
 		p, err := proxy.New(proxy.Config{
 			Service:       s.Name,
 			Revisions:     s.Revisions,
+			Dynamic:       dynamic,
 			Initial:       s.Initial,
 			Transport:     tr,
 			Metrics:       pm,
@@ -155,7 +219,15 @@ func New(cfg config.Config, o Options) (*Agent, error) {
 			Initial:   p.Applied(),
 		})
 	}
-	a.loop, err = sync.New(sync.Options{
+	for _, s := range cfg.Services {
+		if s.Run != nil {
+			// The initial routing's revisions run from the start.
+			if err := a.runner.Want(s.Name, a.runRevisions(s.Name, needed(a.proxies[s.Name].Applied()))); err != nil {
+				return nil, err
+			}
+		}
+	}
+	lo := sync.Options{
 		ID:                cfg.ID,
 		Labels:            cfg.Labels,
 		Version:           o.Version,
@@ -163,23 +235,206 @@ func New(cfg config.Config, o Options) (*Agent, error) {
 		NATSOptions:       o.NATSOptions,
 		StateDir:          cfg.StateDir,
 		Services:          services,
-		Applier:           sync.ApplierFunc(a.apply),
+		Applier:           plane{a},
 		Logger:            log,
 		Metrics:           sm,
 		HeartbeatInterval: o.HeartbeatInterval,
-	})
+	}
+	if a.runner != nil {
+		lo.Runs = func(service string) []fleet.Run {
+			if !a.runner.Runs(service) {
+				return nil
+			}
+			return a.runner.Snapshot(service)
+		}
+	}
+	a.loop, err = sync.New(lo)
 	if err != nil {
 		return nil, err
 	}
 	return a, nil
 }
 
-func (a *Agent) apply(service string, d route.Desired) error {
+// plane is the agent's data plane as the control loop sees it: it applies
+// routing to the proxies and, for services with a run section, prepares
+// each state by starting its revisions and waiting until they are ready.
+type plane struct{ a *Agent }
+
+var (
+	_ sync.Applier  = plane{}
+	_ sync.Preparer = plane{}
+)
+
+// Apply implements sync.Applier: it swaps the proxy's routing table and
+// lets every run revision the new routing no longer needs drain.
+func (pl plane) Apply(service string, d route.Desired) error {
+	a := pl.a
 	p, ok := a.proxies[service]
 	if !ok {
 		return fmt.Errorf("agent has no proxy for service %q", service)
 	}
-	return p.Apply(d)
+	run, err := a.classify(service, d)
+	if err != nil {
+		return err
+	}
+	for _, rev := range run {
+		if err := p.AddDynamic(rev); err != nil {
+			return err
+		}
+	}
+	if err := p.Apply(d); err != nil {
+		return err
+	}
+	if a.runner != nil && a.runner.Runs(service) {
+		return a.runner.Want(service, a.runRevisions(service, needed(d)))
+	}
+	return nil
+}
+
+// Prepare implements sync.Preparer: it starts the run revisions d routes
+// to or keeps warm, beside those served now, and waits until each has a
+// ready instance, at most the service's startupTimeout. On failure only
+// what is served now keeps running.
+func (pl plane) Prepare(ctx context.Context, service string, d route.Desired) error {
+	a := pl.a
+	p, ok := a.proxies[service]
+	if !ok {
+		return fmt.Errorf("agent has no proxy for service %q", service)
+	}
+	run, err := a.classify(service, d)
+	if err != nil {
+		return err
+	}
+	if len(run) == 0 {
+		return nil
+	}
+	spec, _ := a.runner.Spec(service)
+	current := a.runRevisions(service, needed(p.Applied()))
+	next := a.runRevisions(service, needed(d))
+	if err := a.runner.Want(service, union(current, next)); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, spec.StartupTimeout)
+	defer cancel()
+	err = a.runner.Await(wctx, service, next)
+	if err == nil {
+		return nil
+	}
+	if werr := a.runner.Want(service, current); werr != nil {
+		a.log.Error("stop revisions of a refused state", "service", service, "err", werr)
+	}
+	if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("not ready within the startup timeout of %s: %w", spec.StartupTimeout, err)
+	}
+	return err
+}
+
+// classify returns the revisions of d that the agent runs (those without
+// static upstreams), sorted; an error when the service has no run section
+// for them or one is not an immutable revision.
+func (a *Agent) classify(service string, d route.Desired) ([]string, error) {
+	p := a.proxies[service]
+	var run, unknown []string
+	runs := a.runner != nil && a.runner.Runs(service)
+	for _, rev := range d.Revisions() {
+		if p.Static(rev) {
+			continue
+		}
+		if !runs {
+			unknown = append(unknown, rev)
+			continue
+		}
+		if _, err := revision.Parse(rev); err != nil {
+			return nil, fmt.Errorf("run revision: %w", err)
+		}
+		run = append(run, rev)
+	}
+	if len(unknown) > 0 {
+		return nil, fmt.Errorf("%w: %q (the service has no run section)", proxy.ErrUnknownRevision, unknown)
+	}
+	return run, nil
+}
+
+// runRevisions keeps the revisions of revs the agent runs for service.
+func (a *Agent) runRevisions(service string, revs []string) []string {
+	p := a.proxies[service]
+	var out []string
+	for _, r := range revs {
+		if !p.Static(r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// needed lists the revisions routing d needs running: backends with a
+// positive weight, header-route targets and warm revisions; sorted, unique.
+func needed(d route.Desired) []string {
+	var out []string
+	for _, b := range d.Backends {
+		if b.Weight > 0 {
+			out = append(out, b.Revision)
+		}
+	}
+	for _, hr := range d.HeaderRoutes {
+		out = append(out, hr.Revision)
+	}
+	out = append(out, d.Warm...)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func union(a, b []string) []string {
+	out := slices.Concat(a, b)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// servable reports whether every run revision the applied routing needs
+// has a ready instance, for /readyz.
+func (a *Agent) servable() bool {
+	if a.runner == nil {
+		return true
+	}
+	for service, p := range a.proxies {
+		if !a.runner.Runs(service) {
+			continue
+		}
+		for _, rev := range a.runRevisions(service, needed(p.Applied())) {
+			if a.runner.Ready(service, rev) == 0 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// lazySource reads artifacts from the object store once Run connected.
+type lazySource struct {
+	s atomic.Pointer[artifact.Store]
+}
+
+func (l *lazySource) Open(ctx context.Context, digest string) (io.ReadCloser, error) {
+	s := l.s.Load()
+	if s == nil {
+		return nil, errors.New("not connected to NATS yet")
+	}
+	return s.Open(ctx, digest)
+}
+
+func registerCacheMetrics(reg prometheus.Registerer, c *artifact.Cache) error {
+	for _, m := range []struct {
+		name, help string
+		f          func() uint64
+	}{
+		{"sluice_agent_artifacts_refused_total", "Artifacts fetched from the object store whose bytes did not hash to their digest; refused, never run.", c.Refused},
+		{"sluice_agent_artifacts_discarded_total", "Cached artifacts that failed verification before use; discarded and fetched again.", c.Discarded},
+	} {
+		if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: m.name, Help: m.help}, func() float64 { return float64(m.f()) })); err != nil {
+			return fmt.Errorf("register %s: %w", m.name, err)
+		}
+	}
+	return nil
 }
 
 // Ready is closed once Run has restored persisted state and bound every
@@ -227,6 +482,38 @@ func (a *Agent) Publisher() *publish.Publisher { return a.pub }
 // returns.
 // It returns an error when a listener cannot be bound or a server fails.
 func (a *Agent) Run(ctx context.Context) error {
+	// The process driver outlives the proxies, so instances serve the
+	// requests in flight at shutdown.
+	runCtx, stopRunner := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRunner()
+	runnerDone := make(chan struct{})
+	if a.runner == nil {
+		close(runnerDone)
+	} else {
+		nc, err := nats.Connect(a.cfg.NATS, append([]nats.Option{
+			nats.Name("sluice-agent " + a.cfg.ID + " artifacts"),
+			nats.RetryOnFailedConnect(true),
+			nats.MaxReconnects(-1),
+			nats.ReconnectWait(500 * time.Millisecond),
+		}, a.natsOpts...)...)
+		if err != nil {
+			return fmt.Errorf("connect to NATS %s for artifacts: %w", a.cfg.NATS, err)
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return fmt.Errorf("open JetStream for artifacts: %w", err)
+		}
+		a.source.s.Store(artifact.NewStore(js))
+		go func() {
+			defer close(runnerDone)
+			a.runner.Run(runCtx)
+		}()
+	}
+	defer func() {
+		stopRunner()
+		<-runnerDone
+	}()
 	if err := a.loop.Restore(ctx); err != nil {
 		a.log.Error("restore persisted state; serving initial routing where none was restored", "err", err)
 	}
@@ -322,6 +609,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	sw.Wait()
+	stopRunner()
+	<-runnerDone
 	stopPub()
 	<-pubDone
 	for _, s := range servers {
@@ -364,6 +653,10 @@ func (a *Agent) adminHandler() http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.readyOK.Load() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		if !a.servable() {
+			http.Error(w, "not ready: a revision the routing needs has no ready instance", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
