@@ -30,7 +30,26 @@
 //
 // Results follow flags/eval (and so flagd): value, variant, reason and
 // error code as OpenFeature defines them; a disabled flag returns the
-// caller's default with reason DISABLED and no error.
+// caller's default with reason DISABLED and no error. Before any flags have
+// arrived, evaluations return the default with PROVIDER_NOT_READY.
+//
+// Use:
+//
+//	p, err := provider.New(provider.Options{
+//		BaseURL:     "http://sluice-api:8080",
+//		Environment: "prod",
+//		CacheFile:   "/var/cache/myapp/sluice-flags.json",
+//	})
+//	...
+//	err = openfeature.SetProviderAndWait(p)
+//	client := openfeature.NewClient("myapp")
+//	on := client.Boolean(ctx, "new-checkout", false, openfeature.NewEvaluationContext(userID, attrs))
+//
+// A server that goes away cleanly (or whose connection is refused or reset)
+// is noticed at once. A peer that vanishes silently is noticed by TCP
+// keep-alive over HTTP/1.1 (a few minutes with Go's defaults) and by
+// HTTP/2 pings over TLS with the default client (about 45 s); the flags
+// in service are served meanwhile either way.
 package provider
 
 import (
