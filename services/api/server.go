@@ -15,7 +15,8 @@ import (
 type MountOption func(*mountOptions)
 
 type mountOptions struct {
-	flags *FlagHandler
+	flags     *FlagHandler
+	artifacts *ArtifactHandler
 }
 
 // WithFlags serves FlagService with h.
@@ -42,6 +43,9 @@ func Mount(mux *http.ServeMux, rollouts *RolloutHandler, fleet *FleetHandler, op
 	if mo.flags != nil {
 		mux.Handle(flagv1connect.NewFlagServiceHandler(mo.flags, opts))
 		services = append(services, flagv1connect.FlagServiceName)
+	}
+	if mo.artifacts != nil {
+		services = append(services, mountArtifacts(mux, mo.artifacts, opts))
 	}
 	reflector := grpcreflect.NewStaticReflector(services...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))

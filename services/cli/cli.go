@@ -247,7 +247,7 @@ them out, through the Sluice API (sluice-api).`,
 	pf.StringVar(&a.actor, "actor", a.cfg.Actor, "who is acting, sent as actor and created_by (env SLUICE_ACTOR)")
 	pf.StringVarP(&a.output, "output", "o", outputTable, "output format of results: table, json or yaml")
 
-	root.AddCommand(a.rolloutCommand(), a.agentsCommand(), a.flagsCommand())
+	root.AddCommand(a.rolloutCommand(), a.agentsCommand(), a.flagsCommand(), a.artifactCommand())
 	wrapRun(root)
 	return root
 }

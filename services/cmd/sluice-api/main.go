@@ -1,5 +1,6 @@
 // Command sluice-api serves Sluice's public API: RolloutService,
-// FleetService and FlagService (flags kept in NATS by flags/store) over
+// FleetService, FlagService (flags kept in NATS by flags/store) and
+// ArtifactService (artifacts in the NATS object store) over
 // Connect, gRPC and gRPC-Web on one h2c port, with gRPC reflection (so
 // `buf curl` can list and call it), plus /metrics, /healthz and /readyz on
 // the same port.
@@ -26,6 +27,7 @@ import (
 	"github.com/sluicehq/sluice/flags/serve"
 	flagstore "github.com/sluicehq/sluice/flags/store"
 	"github.com/sluicehq/sluice/services/api"
+	"github.com/sluicehq/sluice/services/artifact"
 	"github.com/sluicehq/sluice/workflows/ops"
 	"github.com/sluicehq/sluice/workflows/store"
 )
@@ -44,6 +46,7 @@ func run() error {
 	natsURL := flag.String("nats", nats.DefaultURL, "NATS server URL")
 	chAddr := flag.String("clickhouse", "", "ClickHouse native host:port for analysis measurements (empty: runs are listed without measurements)")
 	level := flag.String("log-level", "info", "log level")
+	artifactMax := flag.Int64("artifact-max-bytes", artifact.DefaultMaxSize, "largest artifact PushArtifact accepts")
 	flag.Parse()
 
 	log := ops.Logger("api", *level)
@@ -61,11 +64,15 @@ func run() error {
 	}
 	var st *store.Store
 	var flags *flagstore.Store
+	var arts *artifact.Store
 	for {
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		st, err = store.Open(octx, js)
 		if err == nil {
 			flags, err = flagstore.Open(octx, js, flagstore.Options{Log: log})
+		}
+		if err == nil {
+			arts, err = artifact.Open(octx, js, artifact.Options{MaxSize: *artifactMax})
 		}
 		cancel()
 		if err == nil {
@@ -103,7 +110,7 @@ func run() error {
 	for _, p := range flagServer.Paths() {
 		mux.Handle(p, flagServer.Handler())
 	}
-	if err := api.Mount(mux, rh, &api.FleetHandler{Agents: st}, api.WithFlags(&api.FlagHandler{Flags: flags, Log: log})); err != nil {
+	if err := api.Mount(mux, rh, &api.FleetHandler{Agents: st}, api.WithFlags(&api.FlagHandler{Flags: flags, Log: log}), api.WithArtifacts(&api.ArtifactHandler{Artifacts: arts})); err != nil {
 		return err
 	}
 	checks["nats"] = func(context.Context) error {
