@@ -162,6 +162,14 @@ func (e *Engine) SetAgents(agents map[string]fleet.Agent) {
 	}
 }
 
+// UpdateAgent records one agent's new report.
+func (e *Engine) UpdateAgent(id string, a fleet.Agent) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.init()
+	e.agents[id] = a
+}
+
 // Sync tells the engine about a rollout record: its running runs are
 // judged, runs that are no longer running are dropped.
 func (e *Engine) Sync(rec rollout.Record) {

@@ -31,9 +31,10 @@ var ErrSuperseded = errors.New("a newer desired state of this rollout is stored"
 
 // FleetWatcher follows agents' reports.
 type FleetWatcher interface {
-	// WatchAgents calls fn with the current reports, then after every
-	// change, until fn returns true or ctx ends.
-	WatchAgents(ctx context.Context, fn func(agents map[string]fleet.Agent) (done bool)) error
+	// WatchAgents calls fn with the current reports (changed ""), then
+	// after every change with the changed agent's id, until fn returns true
+	// or ctx ends.
+	WatchAgents(ctx context.Context, fn func(agents map[string]fleet.Agent, changed string) (done bool)) error
 }
 
 // StatusPublisher stores the record the API reads.
@@ -102,33 +103,43 @@ func (a *Activities) ApplyDesired(ctx context.Context, in ApplyInput) (ApplyResu
 	stopBeat := heartbeat(wctx, func() any { return progress.Load() })
 	defer stopBeat()
 
-	var expectedSet map[string]bool
-	err = a.Fleet.WatchAgents(wctx, func(agents map[string]fleet.Agent) bool {
-		now := a.now()
-		if expectedSet == nil {
-			expectedSet = map[string]bool{}
+	// Each report is checked once when it changes: O(1) per report, so a
+	// step costs O(agents) however many heartbeats arrive meanwhile.
+	var pendingSet map[string]bool
+	refusedBy := map[string]string{}
+	check := func(id string, ag fleet.Agent) {
+		svc, _ := ag.Service(d.Service)
+		switch {
+		case svc.Generation >= gen:
+			delete(pendingSet, id)
+			delete(refusedBy, id)
+		case svc.RejectedGeneration >= gen && svc.Error != "":
+			refusedBy[id] = svc.Error
+		}
+	}
+	err = a.Fleet.WatchAgents(wctx, func(agents map[string]fleet.Agent, changed string) bool {
+		if pendingSet == nil {
+			now := a.now()
+			pendingSet = map[string]bool{}
 			for id, ag := range agents {
 				if _, ok := ag.Service(d.Service); ok && !ag.Lost(now) && route.SelectorMatches(d.Selector, ag.Labels) {
-					expectedSet[id] = true
+					pendingSet[id] = true
 				}
 			}
-			expected = sortedKeys(expectedSet)
-		}
-		pending, refused = pending[:0], refused[:0]
-		for _, id := range expected {
-			ag := agents[id]
-			svc, _ := ag.Service(d.Service)
-			switch {
-			case svc.Generation >= gen:
-			case svc.RejectedGeneration >= gen && svc.Error != "":
-				refused = append(refused, fmt.Sprintf("%s (%s)", id, svc.Error))
-			default:
-				pending = append(pending, id)
+			expected = sortedKeys(pendingSet)
+			for _, id := range expected {
+				check(id, agents[id])
 			}
+		} else if pendingSet[changed] {
+			check(changed, agents[changed])
 		}
-		progress.Store(fmt.Sprintf("generation %d: %d of %d agents pending", gen, len(pending), len(expected)))
-		return len(pending) == 0
+		progress.Store(fmt.Sprintf("generation %d: %d of %d agents pending", gen, len(pendingSet), len(expected)))
+		return len(pendingSet) == 0 || len(refusedBy) > 0
 	})
+	pending = sortedKeys(pendingSet)
+	for _, id := range sortedKeys(boolKeys(refusedBy)) {
+		refused = append(refused, fmt.Sprintf("%s (%s)", id, refusedBy[id]))
+	}
 	if len(expected) == 0 && err == nil {
 		msg := fmt.Sprintf("no connected agent fronts service %s with labels matching %q", d.Service, route.FormatSelector(d.Selector))
 		return ApplyResult{}, temporal.NewNonRetryableApplicationError(msg, ErrTypeNoAgents, nil)
@@ -165,7 +176,7 @@ type TargetsResult struct {
 // labels match the selector, sorted by id.
 func (a *Activities) ListTargets(ctx context.Context, in TargetsInput) (TargetsResult, error) {
 	var out []string
-	err := a.Fleet.WatchAgents(ctx, func(agents map[string]fleet.Agent) bool {
+	err := a.Fleet.WatchAgents(ctx, func(agents map[string]fleet.Agent, _ string) bool {
 		now := a.now()
 		for id, ag := range agents {
 			if _, ok := ag.Service(in.Service); ok && !ag.Lost(now) && route.SelectorMatches(in.Selector, ag.Labels) {
@@ -220,5 +231,13 @@ func sortedKeys(m map[string]bool) []string {
 		out = append(out, k)
 	}
 	sort.Strings(out)
+	return out
+}
+
+func boolKeys(m map[string]string) map[string]bool {
+	out := make(map[string]bool, len(m))
+	for k := range m {
+		out[k] = true
+	}
 	return out
 }

@@ -134,9 +134,10 @@ func (s *Store) Desired(ctx context.Context, service string) (route.Desired, uin
 }
 
 // WatchAgents implements rollout.FleetWatcher over a KV watch of the agents
-// bucket: the callback sees the full set after the initial values and after
-// every update.
-func (s *Store) WatchAgents(ctx context.Context, fn func(map[string]fleet.Agent) bool) error {
+// bucket: changed is "" after the initial values and the id of the agent
+// whose report changed afterwards (deleted agents are removed from the map).
+// The map is the watcher's own: fn must not keep it.
+func (s *Store) WatchAgents(ctx context.Context, fn func(agents map[string]fleet.Agent, changed string) bool) error {
 	w, err := s.agents.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch agents: %w", err)
@@ -154,7 +155,7 @@ func (s *Store) WatchAgents(ctx context.Context, fn func(map[string]fleet.Agent)
 			}
 			if e == nil { // end of initial values
 				initial = false
-				if fn(agents) {
+				if fn(agents, "") {
 					return nil
 				}
 				continue
@@ -168,7 +169,7 @@ func (s *Store) WatchAgents(ctx context.Context, fn func(map[string]fleet.Agent)
 				}
 				agents[e.Key()] = a
 			}
-			if !initial && fn(agents) {
+			if !initial && fn(agents, e.Key()) {
 				return nil
 			}
 		}

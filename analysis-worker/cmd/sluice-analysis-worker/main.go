@@ -145,7 +145,14 @@ func run() error {
 	})
 	g.Go(func() error {
 		return retry(gctx, log, "watch agents", func() error {
-			return st.WatchAgents(gctx, func(m map[string]fleet.Agent) bool { engine.SetAgents(m); return false })
+			return st.WatchAgents(gctx, func(m map[string]fleet.Agent, changed string) bool {
+				if changed == "" {
+					engine.SetAgents(m)
+				} else {
+					engine.UpdateAgent(changed, m[changed])
+				}
+				return false
+			})
 		})
 	})
 	err = g.Wait()
