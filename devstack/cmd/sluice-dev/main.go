@@ -96,13 +96,13 @@ func sloTemplate() *rolloutv1.Analysis {
 		metric := func(name string, b *rolloutv1.BuiltinMetric, success string) *rolloutv1.Metric {
 			return &rolloutv1.Metric{
 				Name: name, SuccessCondition: success, Window: durationpb.New(5 * time.Second),
-				MinSampleSize: 10, Count: count,
+				MinSampleSize: 20, Count: count,
 				Provider: &rolloutv1.MetricProvider{Source: &rolloutv1.MetricProvider_Builtin{Builtin: b}},
 			}
 		}
 		return []*rolloutv1.Metric{
 			metric("error-rate", &rolloutv1.BuiltinMetric{Name: "error-rate"}, "result <= 0.02"),
-			metric("p99", &rolloutv1.BuiltinMetric{Name: "latency-quantile", Quantile: 0.99}, "result < 0.030 || result <= baseline * 1.5"),
+			metric("p99", &rolloutv1.BuiltinMetric{Name: "latency-quantile", Quantile: 0.99}, "result < 0.25 || result <= baseline * 3"),
 		}
 	}
 	// The background watch adds the sequential judge: candidate vs stable
