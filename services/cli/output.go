@@ -395,8 +395,31 @@ func (a *app) writeAgent(w io.Writer, ag *fleetv1.Agent) error {
 		if s.GetError() != "" {
 			fmt.Fprintf(tw, "  Error:\t%s\n", s.GetError())
 		}
+		if s.GetPendingGeneration() != 0 {
+			fmt.Fprintf(tw, "  Preparing:\tgeneration %d\n", s.GetPendingGeneration())
+		}
+		for _, r := range s.GetRuns() {
+			fmt.Fprintf(tw, "  Run:\t%s %s, %d/%d ready\n", shortRev(r.GetRevision()), r.GetState(), r.GetReady(), len(r.GetInstances()))
+			if r.GetError() != "" {
+				fmt.Fprintf(tw, "    Error:\t%s\n", r.GetError())
+			}
+			for _, in := range r.GetInstances() {
+				line := fmt.Sprintf("%s, pid %s, port %s, %d restarts", in.GetState(), numOrDash(in.GetPid()), numOrDash(in.GetPort()), in.GetRestarts())
+				if in.GetLastError() != "" {
+					line += ", last error: " + in.GetLastError()
+				}
+				fmt.Fprintf(tw, "    Instance %d:\t%s\n", in.GetIndex(), line)
+			}
+		}
 	}
 	return tw.Flush()
+}
+
+func numOrDash(n int32) string {
+	if n == 0 {
+		return "-"
+	}
+	return fmt.Sprint(n)
 }
 
 // newKV aligns tab-separated columns.

@@ -233,6 +233,18 @@ func AgentToProto(a fleet.Agent, now time.Time) *fleetv1.Agent {
 			Generation: s.Generation,
 			Rollout:    s.Rollout,
 			Error:      s.Error,
+
+			PendingGeneration: s.PendingGeneration,
+		}
+		for _, r := range s.Runs {
+			pr := &fleetv1.Run{Revision: r.Revision, State: r.State, Ready: int32(r.Ready), Error: r.Error}
+			for _, in := range r.Instances {
+				pr.Instances = append(pr.Instances, &fleetv1.Instance{
+					Index: int32(in.Index), Pid: int32(in.PID), Port: int32(in.Port), State: in.State, Ready: in.Ready,
+					Restarts: int32(in.Restarts), StartedAt: ts(in.StartedAt), LastError: in.LastError,
+				})
+			}
+			ps.Runs = append(ps.Runs, pr)
 		}
 		for _, b := range s.Applied.Backends {
 			ps.Backends = append(ps.Backends, &rolloutv1.Backend{Revision: b.Revision, Weight: b.Weight})

@@ -95,7 +95,12 @@ type ServiceState struct {
 	// header_routes are the applied header routes.
 	HeaderRoutes []*v1.HeaderRoute `protobuf:"bytes,7,rep,name=header_routes,json=headerRoutes,proto3" json:"header_routes,omitempty"`
 	// error says why the latest desired state was refused.
-	Error         string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	// pending_generation is a desired state the agent is preparing (starting
+	// the revisions it runs); 0 when none.
+	PendingGeneration uint64 `protobuf:"varint,9,opt,name=pending_generation,json=pendingGeneration,proto3" json:"pending_generation,omitempty"`
+	// runs are the revisions the agent runs itself from artifacts.
+	Runs          []*Run `protobuf:"bytes,10,rep,name=runs,proto3" json:"runs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -186,6 +191,211 @@ func (x *ServiceState) GetError() string {
 	return ""
 }
 
+func (x *ServiceState) GetPendingGeneration() uint64 {
+	if x != nil {
+		return x.PendingGeneration
+	}
+	return 0
+}
+
+func (x *ServiceState) GetRuns() []*Run {
+	if x != nil {
+		return x.Runs
+	}
+	return nil
+}
+
+// Run is one revision an agent runs from its artifact.
+type Run struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision run: name@sha256:<digest>.
+	Revision string `protobuf:"bytes,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// state: fetching, running, draining, stopping or failed.
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// ready counts the instances taking traffic.
+	Ready int32 `protobuf:"varint,3,opt,name=ready,proto3" json:"ready,omitempty"`
+	// error is the latest problem with the artifact.
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// instances of the revision, by index.
+	Instances     []*Instance `protobuf:"bytes,5,rep,name=instances,proto3" json:"instances,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Run) Reset() {
+	*x = Run{}
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Run) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Run) ProtoMessage() {}
+
+func (x *Run) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Run.ProtoReflect.Descriptor instead.
+func (*Run) Descriptor() ([]byte, []int) {
+	return file_sluice_fleet_v1_fleet_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Run) GetRevision() string {
+	if x != nil {
+		return x.Revision
+	}
+	return ""
+}
+
+func (x *Run) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Run) GetReady() int32 {
+	if x != nil {
+		return x.Ready
+	}
+	return 0
+}
+
+func (x *Run) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Run) GetInstances() []*Instance {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+// Instance is one process of a revision.
+type Instance struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// index of the instance, from 0.
+	Index int32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// pid of the process; 0 while none runs.
+	Pid int32 `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
+	// port the process listens on.
+	Port int32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	// state: starting, ready, unready, backoff or stopping.
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// ready is true while it takes traffic.
+	Ready bool `protobuf:"varint,5,opt,name=ready,proto3" json:"ready,omitempty"`
+	// restarts after the process exited.
+	Restarts int32 `protobuf:"varint,6,opt,name=restarts,proto3" json:"restarts,omitempty"`
+	// started_at is when the current process started.
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// last_error is why the process last exited or failed its probe.
+	LastError     string `protobuf:"bytes,8,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Instance) Reset() {
+	*x = Instance{}
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Instance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Instance) ProtoMessage() {}
+
+func (x *Instance) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Instance.ProtoReflect.Descriptor instead.
+func (*Instance) Descriptor() ([]byte, []int) {
+	return file_sluice_fleet_v1_fleet_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Instance) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *Instance) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *Instance) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Instance) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Instance) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+func (x *Instance) GetRestarts() int32 {
+	if x != nil {
+		return x.Restarts
+	}
+	return 0
+}
+
+func (x *Instance) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *Instance) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 // Agent is one agent's report.
 type Agent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -209,7 +419,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[1]
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -221,7 +431,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[1]
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -234,7 +444,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_sluice_fleet_v1_fleet_proto_rawDescGZIP(), []int{1}
+	return file_sluice_fleet_v1_fleet_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Agent) GetId() string {
@@ -299,7 +509,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[2]
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -311,7 +521,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[2]
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -324,7 +534,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_fleet_v1_fleet_proto_rawDescGZIP(), []int{2}
+	return file_sluice_fleet_v1_fleet_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListAgentsRequest) GetService() string {
@@ -352,7 +562,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[3]
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -364,7 +574,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[3]
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -377,7 +587,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_fleet_v1_fleet_proto_rawDescGZIP(), []int{3}
+	return file_sluice_fleet_v1_fleet_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -398,7 +608,7 @@ type GetAgentRequest struct {
 
 func (x *GetAgentRequest) Reset() {
 	*x = GetAgentRequest{}
-	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[4]
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -410,7 +620,7 @@ func (x *GetAgentRequest) String() string {
 func (*GetAgentRequest) ProtoMessage() {}
 
 func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[4]
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -423,7 +633,7 @@ func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetAgentRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_fleet_v1_fleet_proto_rawDescGZIP(), []int{4}
+	return file_sluice_fleet_v1_fleet_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetAgentRequest) GetId() string {
@@ -444,7 +654,7 @@ type GetAgentResponse struct {
 
 func (x *GetAgentResponse) Reset() {
 	*x = GetAgentResponse{}
-	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[5]
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -456,7 +666,7 @@ func (x *GetAgentResponse) String() string {
 func (*GetAgentResponse) ProtoMessage() {}
 
 func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[5]
+	mi := &file_sluice_fleet_v1_fleet_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -469,7 +679,7 @@ func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentResponse.ProtoReflect.Descriptor instead.
 func (*GetAgentResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_fleet_v1_fleet_proto_rawDescGZIP(), []int{5}
+	return file_sluice_fleet_v1_fleet_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetAgentResponse) GetAgent() *Agent {
@@ -483,7 +693,7 @@ var File_sluice_fleet_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_sluice_fleet_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x1bsluice/fleet/v1/fleet.proto\x12\x0fsluice.fleet.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fsluice/rollout/v1/rollout.proto\"\xa5\x02\n" +
+	"\x1bsluice/fleet/v1/fleet.proto\x12\x0fsluice.fleet.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fsluice/rollout/v1/rollout.proto\"\xfe\x02\n" +
 	"\fServiceState\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06listen\x18\x02 \x01(\tR\x06listen\x12\x1c\n" +
@@ -494,7 +704,27 @@ const file_sluice_fleet_v1_fleet_proto_rawDesc = "" +
 	"\arollout\x18\x05 \x01(\tR\arollout\x126\n" +
 	"\bbackends\x18\x06 \x03(\v2\x1a.sluice.rollout.v1.BackendR\bbackends\x12C\n" +
 	"\rheader_routes\x18\a \x03(\v2\x1e.sluice.rollout.v1.HeaderRouteR\fheaderRoutes\x12\x14\n" +
-	"\x05error\x18\b \x01(\tR\x05error\"\x9e\x03\n" +
+	"\x05error\x18\b \x01(\tR\x05error\x12-\n" +
+	"\x12pending_generation\x18\t \x01(\x04R\x11pendingGeneration\x12(\n" +
+	"\x04runs\x18\n" +
+	" \x03(\v2\x14.sluice.fleet.v1.RunR\x04runs\"\x9c\x01\n" +
+	"\x03Run\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\tR\brevision\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x14\n" +
+	"\x05ready\x18\x03 \x01(\x05R\x05ready\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x127\n" +
+	"\tinstances\x18\x05 \x03(\v2\x19.sluice.fleet.v1.InstanceR\tinstances\"\xe8\x01\n" +
+	"\bInstance\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x10\n" +
+	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\x05R\x04port\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x14\n" +
+	"\x05ready\x18\x05 \x01(\bR\x05ready\x12\x1a\n" +
+	"\brestarts\x18\x06 \x01(\x05R\brestarts\x129\n" +
+	"\n" +
+	"started_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\b \x01(\tR\tlastError\"\x9e\x03\n" +
 	"\x05Agent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12:\n" +
 	"\x06labels\x18\x02 \x03(\v2\".sluice.fleet.v1.Agent.LabelsEntryR\x06labels\x12\x18\n" +
@@ -541,39 +771,44 @@ func file_sluice_fleet_v1_fleet_proto_rawDescGZIP() []byte {
 }
 
 var file_sluice_fleet_v1_fleet_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_sluice_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_sluice_fleet_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_sluice_fleet_v1_fleet_proto_goTypes = []any{
 	(Connection)(0),               // 0: sluice.fleet.v1.Connection
 	(*ServiceState)(nil),          // 1: sluice.fleet.v1.ServiceState
-	(*Agent)(nil),                 // 2: sluice.fleet.v1.Agent
-	(*ListAgentsRequest)(nil),     // 3: sluice.fleet.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),    // 4: sluice.fleet.v1.ListAgentsResponse
-	(*GetAgentRequest)(nil),       // 5: sluice.fleet.v1.GetAgentRequest
-	(*GetAgentResponse)(nil),      // 6: sluice.fleet.v1.GetAgentResponse
-	nil,                           // 7: sluice.fleet.v1.Agent.LabelsEntry
-	(*v1.Backend)(nil),            // 8: sluice.rollout.v1.Backend
-	(*v1.HeaderRoute)(nil),        // 9: sluice.rollout.v1.HeaderRoute
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*Run)(nil),                   // 2: sluice.fleet.v1.Run
+	(*Instance)(nil),              // 3: sluice.fleet.v1.Instance
+	(*Agent)(nil),                 // 4: sluice.fleet.v1.Agent
+	(*ListAgentsRequest)(nil),     // 5: sluice.fleet.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),    // 6: sluice.fleet.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),       // 7: sluice.fleet.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),      // 8: sluice.fleet.v1.GetAgentResponse
+	nil,                           // 9: sluice.fleet.v1.Agent.LabelsEntry
+	(*v1.Backend)(nil),            // 10: sluice.rollout.v1.Backend
+	(*v1.HeaderRoute)(nil),        // 11: sluice.rollout.v1.HeaderRoute
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_sluice_fleet_v1_fleet_proto_depIdxs = []int32{
-	8,  // 0: sluice.fleet.v1.ServiceState.backends:type_name -> sluice.rollout.v1.Backend
-	9,  // 1: sluice.fleet.v1.ServiceState.header_routes:type_name -> sluice.rollout.v1.HeaderRoute
-	7,  // 2: sluice.fleet.v1.Agent.labels:type_name -> sluice.fleet.v1.Agent.LabelsEntry
-	10, // 3: sluice.fleet.v1.Agent.started_at:type_name -> google.protobuf.Timestamp
-	10, // 4: sluice.fleet.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
-	0,  // 5: sluice.fleet.v1.Agent.connection:type_name -> sluice.fleet.v1.Connection
-	1,  // 6: sluice.fleet.v1.Agent.services:type_name -> sluice.fleet.v1.ServiceState
-	2,  // 7: sluice.fleet.v1.ListAgentsResponse.agents:type_name -> sluice.fleet.v1.Agent
-	2,  // 8: sluice.fleet.v1.GetAgentResponse.agent:type_name -> sluice.fleet.v1.Agent
-	3,  // 9: sluice.fleet.v1.FleetService.ListAgents:input_type -> sluice.fleet.v1.ListAgentsRequest
-	5,  // 10: sluice.fleet.v1.FleetService.GetAgent:input_type -> sluice.fleet.v1.GetAgentRequest
-	4,  // 11: sluice.fleet.v1.FleetService.ListAgents:output_type -> sluice.fleet.v1.ListAgentsResponse
-	6,  // 12: sluice.fleet.v1.FleetService.GetAgent:output_type -> sluice.fleet.v1.GetAgentResponse
-	11, // [11:13] is the sub-list for method output_type
-	9,  // [9:11] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	10, // 0: sluice.fleet.v1.ServiceState.backends:type_name -> sluice.rollout.v1.Backend
+	11, // 1: sluice.fleet.v1.ServiceState.header_routes:type_name -> sluice.rollout.v1.HeaderRoute
+	2,  // 2: sluice.fleet.v1.ServiceState.runs:type_name -> sluice.fleet.v1.Run
+	3,  // 3: sluice.fleet.v1.Run.instances:type_name -> sluice.fleet.v1.Instance
+	12, // 4: sluice.fleet.v1.Instance.started_at:type_name -> google.protobuf.Timestamp
+	9,  // 5: sluice.fleet.v1.Agent.labels:type_name -> sluice.fleet.v1.Agent.LabelsEntry
+	12, // 6: sluice.fleet.v1.Agent.started_at:type_name -> google.protobuf.Timestamp
+	12, // 7: sluice.fleet.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
+	0,  // 8: sluice.fleet.v1.Agent.connection:type_name -> sluice.fleet.v1.Connection
+	1,  // 9: sluice.fleet.v1.Agent.services:type_name -> sluice.fleet.v1.ServiceState
+	4,  // 10: sluice.fleet.v1.ListAgentsResponse.agents:type_name -> sluice.fleet.v1.Agent
+	4,  // 11: sluice.fleet.v1.GetAgentResponse.agent:type_name -> sluice.fleet.v1.Agent
+	5,  // 12: sluice.fleet.v1.FleetService.ListAgents:input_type -> sluice.fleet.v1.ListAgentsRequest
+	7,  // 13: sluice.fleet.v1.FleetService.GetAgent:input_type -> sluice.fleet.v1.GetAgentRequest
+	6,  // 14: sluice.fleet.v1.FleetService.ListAgents:output_type -> sluice.fleet.v1.ListAgentsResponse
+	8,  // 15: sluice.fleet.v1.FleetService.GetAgent:output_type -> sluice.fleet.v1.GetAgentResponse
+	14, // [14:16] is the sub-list for method output_type
+	12, // [12:14] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_sluice_fleet_v1_fleet_proto_init() }
@@ -587,7 +822,7 @@ func file_sluice_fleet_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_fleet_v1_fleet_proto_rawDesc), len(file_sluice_fleet_v1_fleet_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
