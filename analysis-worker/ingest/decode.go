@@ -154,6 +154,9 @@ func (d *decoder) decode(subject string, data []byte) (Batch, error) {
 		if l < 0 {
 			return Batch{}, wireError("%v", protowire.ParseError(l))
 		}
+		if num > protowire.MaxValidNumber {
+			return Batch{}, wireError("field number %d", num)
+		}
 		data = data[l:]
 		switch {
 		case num == batchAgent && typ == protowire.BytesType:
@@ -230,6 +233,9 @@ func (d *decoder) row(data []byte, n int, b *Batch, keys *rowIndex) error {
 		num, typ, l := protowire.ConsumeTag(data)
 		if l < 0 {
 			return wireError("row %d: %v", n, protowire.ParseError(l))
+		}
+		if num > protowire.MaxValidNumber {
+			return wireError("row %d: field number %d", n, num)
 		}
 		data = data[l:]
 		switch {

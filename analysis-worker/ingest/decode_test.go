@@ -195,3 +195,26 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkDecodeInterning(b *testing.B) {
+	data := benchBatch(b)
+	d := newDecoder()
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := d.decode("sluice.metrics.agent-001", data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecodeReference(b *testing.B) {
+	data := benchBatch(b)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decodeReference("sluice.metrics.agent-001", data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -69,8 +69,10 @@ type RowWriter interface {
 
 // InsertedFunc is told, after a successful insert, that agent reported
 // second, with the services it had traffic for (none for a second without
-// traffic). It is called once per batch, from the ingester's goroutine, and
-// again if the batch is redelivered, so it must be idempotent and quick.
+// traffic). It is called once per batch, after the batch's message was
+// acknowledged, from the goroutine that inserts (so a slow function delays
+// the next insert), and again if the batch is ever redelivered: it must be
+// idempotent and quick. The services slice must not be modified.
 type InsertedFunc func(agent string, second int64, services []string)
 
 // Config tunes an Ingester. Zero fields take the documented defaults.
@@ -94,7 +96,8 @@ type Config struct {
 	// slowest insert plus MaxWait.
 	AckWait time.Duration
 	// MaxAckPending caps unacknowledged messages; default 4 × MaxBatch
-	// (one batch being inserted, one being fetched, the client's buffer).
+	// (the client's buffer, the hand-over channel, the batch filling and
+	// the batch being inserted; see consume).
 	MaxAckPending int
 	// RetryMin and RetryMax bound the delay of redelivery after a failed
 	// insert, doubling per consecutive failure; default 100 ms and 5 s.
