@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,6 +68,14 @@ type Config struct {
 	NATSPort, TemporalPort, APIPort, FirstAgentPort int
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
+	// ExtraServices are added to every agent's configuration as they are
+	// (agent config "services" entries); "{agentPort}" in a listen address
+	// is replaced by a free port per agent, and the chosen addresses are
+	// in Agent.Extra.
+	ExtraServices []map[string]any
+	// BeforeAgents runs once NATS is up and before the agents start
+	// (e.g. to push artifacts the agents' initial revisions need).
+	BeforeAgents func(ctx context.Context, natsURL string) error
 }
 
 // Agent is one started agent.
@@ -77,8 +86,10 @@ type Agent struct {
 	Admin    string
 	Config   string // config file path
 	StateDir string
-	proc     *proc.Process
-	logPath  string
+	// Extra maps each extra service to this agent's listen address.
+	Extra   map[string]string
+	proc    *proc.Process
+	logPath string
 }
 
 // URL is the agent's proxy base URL.
@@ -206,6 +217,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		logf("demo app    v%d %s at %s", i+1, shortRev(rev), addr)
 	}
 
+	if cfg.BeforeAgents != nil {
+		if err := cfg.BeforeAgents(ctx, s.NATS.ClientURL()); err != nil {
+			return nil, fmt.Errorf("before agents: %w", err)
+		}
+	}
 	for i := 1; i <= cfg.Agents; i++ {
 		a, err := s.newAgent(i)
 		if err != nil {
@@ -289,22 +305,39 @@ func (s *Stack) newAgent(i int) (*Agent, error) {
 		Config:   filepath.Join(s.cfg.Dir, id+".yaml"),
 		logPath:  filepath.Join(s.cfg.Dir, "logs", id+".log"),
 	}
+	services := []map[string]any{{
+		"name":    "demo",
+		"listen":  a.Listen,
+		"initial": StableRevision,
+		"revisions": map[string][]string{
+			StableRevision:    {s.Apps[StableRevision]},
+			CandidateRevision: {s.Apps[CandidateRevision]},
+			FaultyRevision:    {s.Apps[FaultyRevision]},
+		},
+	}}
+	a.Extra = map[string]string{}
+	for _, extra := range s.cfg.ExtraServices {
+		svc := map[string]any{}
+		for k, v := range extra {
+			svc[k] = v
+		}
+		if l, _ := svc["listen"].(string); strings.Contains(l, "{agentPort}") {
+			p, err := proc.FreePort("127.0.0.1")
+			if err != nil {
+				return nil, err
+			}
+			svc["listen"] = strings.ReplaceAll(l, "{agentPort}", strconv.Itoa(p))
+		}
+		a.Extra[fmt.Sprint(svc["name"])] = fmt.Sprint(svc["listen"])
+		services = append(services, svc)
+	}
 	cfg := map[string]any{
 		"id":       a.ID,
 		"labels":   a.Labels,
 		"nats":     s.NATS.ClientURL(),
 		"stateDir": a.StateDir,
 		"admin":    a.Admin,
-		"services": []map[string]any{{
-			"name":    "demo",
-			"listen":  a.Listen,
-			"initial": StableRevision,
-			"revisions": map[string][]string{
-				StableRevision:    {s.Apps[StableRevision]},
-				CandidateRevision: {s.Apps[CandidateRevision]},
-				FaultyRevision:    {s.Apps[FaultyRevision]},
-			},
-		}},
+		"services": services,
 	}
 	b, err := json.MarshalIndent(cfg, "", "  ") // JSON is YAML
 	if err != nil {

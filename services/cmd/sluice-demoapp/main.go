@@ -28,10 +28,14 @@ import (
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:9001", "listen address")
-	revision := flag.String("revision", "", "the revision this process is (name@sha256:…)")
+	revision := flag.String("revision", "", "the revision this process is (name@sha256:…); default $SLUICE_REVISION")
 	errorRate := flag.Float64("error-rate", 0, "fraction of requests to / answered with 500")
 	latency := flag.Duration("latency", 0, "delay added to every request to /")
 	flag.Parse()
+	if *revision == "" {
+		// Run by an agent from an artifact: the agent names the revision.
+		*revision = os.Getenv("SLUICE_REVISION")
+	}
 	if *revision == "" {
 		fmt.Fprintln(os.Stderr, "sluice-demoapp: --revision is required")
 		os.Exit(2)
