@@ -97,7 +97,7 @@ bench-abort: build
 	go run ./bench/abort -runs 20
 
 bench-ingest: build
-	go run ./bench/ingest
+	cd bench && go run ./ingest -reps 5 -runs raw,pipeline,discard -lag-rate 10000
 
 bench-flip: build
 	go run ./bench/flip
