@@ -63,6 +63,13 @@ var Migrations = []Migration{
 			ORDER BY (rollout, run, metric, seq)`,
 		},
 	},
+	{
+		Version: 2,
+		Name:    "mark measurements that had too little data",
+		Statements: []string{
+			`ALTER TABLE sluice_measurements ADD COLUMN insufficient UInt8 DEFAULT 0`,
+		},
+	},
 }
 
 // migrationsTable records applied versions.

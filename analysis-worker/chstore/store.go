@@ -280,7 +280,11 @@ func (s *Store) InsertMeasurement(ctx context.Context, rolloutID, run string, se
 	if err != nil {
 		return fmt.Errorf("prepare measurement: %w", err)
 	}
-	if err := b.Append(rolloutID, run, m.Metric, seq, string(m.Phase), m.Value, m.Baseline, m.Samples, m.Start.UTC(), m.End.UTC(), m.Message); err != nil {
+	var insufficient uint8
+	if m.Insufficient {
+		insufficient = 1
+	}
+	if err := b.Append(rolloutID, run, m.Metric, seq, string(m.Phase), m.Value, m.Baseline, m.Samples, m.Start.UTC(), m.End.UTC(), m.Message, insufficient); err != nil {
 		_ = b.Abort()
 		return fmt.Errorf("append measurement: %w", err)
 	}
@@ -316,10 +320,12 @@ func (s *Store) Measurements(ctx context.Context, rolloutID, run string) ([]Stor
 	for rows.Next() {
 		var m StoredMeasurement
 		var phase string
-		if err := rows.Scan(&m.Run, &m.Metric, &m.Seq, &phase, &m.Value, &m.Baseline, &m.Samples, &m.Start, &m.End, &m.Message); err != nil {
+		var insufficient uint8
+		if err := rows.Scan(&m.Run, &m.Metric, &m.Seq, &phase, &m.Value, &m.Baseline, &m.Samples, &m.Start, &m.End, &m.Message, &insufficient); err != nil {
 			return nil, fmt.Errorf("scan measurement: %w", err)
 		}
 		m.Phase = rollout.RunPhase(phase)
+		m.Insufficient = insufficient == 1
 		out = append(out, m)
 	}
 	return out, rows.Err()
@@ -344,10 +350,10 @@ const (
 		ARRAY JOIN hist_idx AS i, hist_cnt AS c
 		WHERE service = ? AND has(?, variant) AND ts >= ? AND ts < ?
 		GROUP BY ts, variant, i`
-	measurementsSQL = `SELECT run, metric, seq, phase, value, baseline, samples, window_start, window_end, message
+	measurementsSQL = `SELECT run, metric, seq, phase, value, baseline, samples, window_start, window_end, message, insufficient
 		FROM sluice_measurements FINAL WHERE rollout = ?`
 	insertRowsSQL        = "INSERT INTO sluice_metrics (ts, service, variant, agent, rollout, requests, errors, hist_idx, hist_cnt)"
-	insertMeasurementSQL = "INSERT INTO sluice_measurements (rollout, run, metric, seq, phase, value, baseline, samples, window_start, window_end, message)"
+	insertMeasurementSQL = "INSERT INTO sluice_measurements (rollout, run, metric, seq, phase, value, baseline, samples, window_start, window_end, message, insufficient)"
 	insertMigrationSQL   = "INSERT INTO sluice_schema_migrations (version, name)"
 )
 

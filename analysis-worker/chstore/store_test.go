@@ -146,13 +146,13 @@ func TestMeasurementsReplaceByKey(t *testing.T) {
 	s := openTest(t)
 	ctx := context.Background()
 	end := time.Date(2026, 11, 26, 12, 0, 10, 0, time.UTC)
-	m := analysis.Measurement{Metric: "errors", Phase: rollout.RunSuccessful, Value: 0.001, Baseline: math.NaN(), Samples: 120, Start: end.Add(-10 * time.Second), End: end, Message: "ok"}
+	m := analysis.Measurement{Metric: "errors", Phase: rollout.RunInconclusive, Insufficient: true, Value: 0.001, Baseline: math.NaN(), Samples: 120, Start: end.Add(-10 * time.Second), End: end, Message: "ok"}
 	for seq := uint32(1); seq <= 3; seq++ {
 		if err := s.InsertMeasurement(ctx, "r1", "r1.step1-1", seq, m); err != nil {
 			t.Fatal(err)
 		}
 	}
-	m.Phase, m.Message = rollout.RunFailed, "taken again"
+	m.Phase, m.Message, m.Insufficient = rollout.RunFailed, "taken again", false
 	if err := s.InsertMeasurement(ctx, "r1", "r1.step1-1", 3, m); err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +163,7 @@ func TestMeasurementsReplaceByKey(t *testing.T) {
 	if len(got) != 3 || got[2].Phase != rollout.RunFailed || got[2].Message != "taken again" {
 		t.Fatalf("measurements %+v, want 3 with the third replaced", got)
 	}
-	if !math.IsNaN(got[0].Baseline) || got[0].Samples != 120 {
+	if !math.IsNaN(got[0].Baseline) || got[0].Samples != 120 || !got[0].Insufficient {
 		t.Fatalf("first measurement %+v, want NaN baseline and 120 samples kept", got[0])
 	}
 }

@@ -462,11 +462,14 @@ func (e *Engine) measure(ctx context.Context, rs *runState, ms *metricState, end
 	succ, fail := eval(ms.succ), eval(ms.fail)
 	if err == nil && !math.IsNaN(m.Value) && (errors.Is(succ.Err, condition.ErrNoBaseline) || errors.Is(fail.Err, condition.ErrNoBaseline)) {
 		m.Phase = rollout.RunInconclusive
+		m.Insufficient = true
 		m.Message = res.Explain + "; " + condition.ErrNoBaseline.Error()
 		return m
 	}
 	phase, why := analysis.Classify(ms.spec, m.Value, m.Samples, err, succ, fail)
 	m.Phase = phase
+	m.Insufficient = err == nil && phase == rollout.RunInconclusive &&
+		(math.IsNaN(m.Value) || (m.Samples >= 0 && m.Samples < ms.spec.MinSampleSize))
 	if err == nil {
 		m.Message = fmt.Sprintf("%s; %s", res.Explain, why)
 	} else {

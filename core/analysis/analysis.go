@@ -32,6 +32,10 @@ type Measurement struct {
 	End   time.Time `json:"end"`
 	// Message explains the measurement in words and numbers.
 	Message string `json:"message"`
+	// Insufficient marks an Inconclusive measurement that had too little
+	// data to judge (no data, fewer requests than minSampleSize, or no
+	// baseline) rather than a value between the conditions.
+	Insufficient bool `json:"insufficient,omitempty"`
 }
 
 // Cond is an evaluated condition.
@@ -93,7 +97,9 @@ type MetricResult struct {
 
 // Record adds a measurement to the tally of metric m (with defaults
 // applied: see rollout.Metric.Effective) and returns the new tally. A
-// terminal tally does not change. Limits are "more than": with
+// terminal tally does not change. A metric without a count (background
+// analysis) does not count Inconclusive measurements that had too little
+// data (Measurement.Insufficient). Limits are "more than": with
 // FailureLimit 0 the first failed measurement fails the metric; with
 // FailureLimit 2 the third does.
 func (r MetricResult) Record(m rollout.Metric, meas Measurement) MetricResult {
@@ -101,9 +107,17 @@ func (r MetricResult) Record(m rollout.Metric, meas Measurement) MetricResult {
 		return r
 	}
 	r.Name = m.Name
-	r.Count++
 	mm := meas
 	r.Last = &mm
+	if meas.Phase == rollout.RunInconclusive && meas.Insufficient && m.Count == 0 {
+		// A watch without an end (background analysis) keeps watching
+		// through seconds with too little data: they are recorded but do
+		// not count, so the watch cannot end by being inconclusive early.
+		r.Phase = rollout.RunRunning
+		r.Message = meas.Message
+		return r
+	}
+	r.Count++
 	switch meas.Phase {
 	case rollout.RunSuccessful:
 		r.Successful++

@@ -120,3 +120,31 @@ func TestVerdict(t *testing.T) {
 		})
 	}
 }
+
+func TestBackgroundWatchIgnoresSecondsWithTooLittleData(t *testing.T) {
+	m := rollout.Metric{Name: "m"} // no count: a background watch
+	var r MetricResult
+	for i := 0; i < 5; i++ {
+		r = r.Record(m, Measurement{Phase: rollout.RunInconclusive, Insufficient: true, Message: "too few requests"})
+	}
+	if r.Phase != rollout.RunRunning || r.Inconclusive != 0 {
+		t.Fatalf("after 5 insufficient seconds: %s with %d inconclusive, want still Running", r.Phase, r.Inconclusive)
+	}
+	r = r.Record(m, Measurement{Phase: rollout.RunFailed, Message: "error rate 5%"})
+	if r.Phase != rollout.RunFailed {
+		t.Fatalf("a failed measurement after them: %s, want Failed", r.Phase)
+	}
+	// A step (with a count) still counts them: a person decides.
+	step := rollout.Metric{Name: "m", Count: 3}
+	var s MetricResult
+	s = s.Record(step, Measurement{Phase: rollout.RunInconclusive, Insufficient: true})
+	if s.Phase != rollout.RunInconclusive {
+		t.Fatalf("step metric with an insufficient measurement: %s, want Inconclusive", s.Phase)
+	}
+	// A value between the conditions is inconclusive even in background.
+	var b MetricResult
+	b = b.Record(m, Measurement{Phase: rollout.RunInconclusive})
+	if b.Phase != rollout.RunInconclusive {
+		t.Fatalf("background metric with neither condition holding: %s, want Inconclusive", b.Phase)
+	}
+}
