@@ -185,19 +185,28 @@ func TestProviderErrorsNeverPass(t *testing.T) {
 	}
 }
 
-func TestTooFewSamplesIsInconclusive(t *testing.T) {
+func TestTooFewSamplesWaitsThenIsInconclusive(t *testing.T) {
 	h := newHarness(t, fixed{value: 0.5, samples: 3}, "a1")
-	m := metric("result < 0.01")
+	m := metric("result < 0.01") // a step metric, count 3
 	m.MinSampleSize = 50
 	h.e.Sync(record(rollout.RunKindStep, m))
-	h.e.Reported("a1", t0.Unix())
-	h.now = t0.Add(1100 * time.Millisecond)
-	h.e.Step(context.Background())
-	if len(h.store.ms) != 1 || h.store.ms[0].Phase != rollout.RunInconclusive {
-		t.Fatalf("measurements %+v, want one Inconclusive", h.store.ms)
+	limit := analysis.InsufficientLimit(m)
+	for i := 0; i < limit; i++ {
+		h.e.Reported("a1", t0.Unix()+int64(i))
 	}
-	if len(h.vs.got) != 1 || h.vs.got[0].Phase != rollout.RunInconclusive {
-		t.Fatalf("verdicts %+v, want Inconclusive (inconclusiveLimit 0)", h.vs.got)
+	h.now = t0.Add(time.Duration(limit)*time.Second + 100*time.Millisecond)
+	h.e.Step(context.Background())
+	if len(h.store.ms) != limit || h.store.ms[0].Phase != rollout.RunInconclusive || !h.store.ms[0].Insufficient {
+		t.Fatalf("%d measurements (first %+v), want %d Inconclusive marked insufficient", len(h.store.ms), h.store.ms[0], limit)
+	}
+	if len(h.vs.got) != 0 {
+		t.Fatalf("verdicts %+v after %d seconds with too few requests, want none yet: the step waits for data", h.vs.got, limit)
+	}
+	h.e.Reported("a1", t0.Unix()+int64(limit))
+	h.now = h.now.Add(time.Second)
+	h.e.Step(context.Background())
+	if len(h.vs.got) != 1 || h.vs.got[0].Phase != rollout.RunInconclusive || !strings.Contains(h.vs.got[0].Message, "too little data") {
+		t.Fatalf("verdicts %+v, want Inconclusive for too little data", h.vs.got)
 	}
 }
 

@@ -91,15 +91,19 @@ type MetricResult struct {
 	Inconclusive      int              `json:"inconclusive"`
 	Errors            int              `json:"errors"`
 	ConsecutiveErrors int              `json:"consecutiveErrors"`
+	// ConsecutiveInsufficient counts measurements in a row that had too
+	// little data.
+	ConsecutiveInsufficient int `json:"consecutiveInsufficient,omitempty"`
 	Last              *Measurement     `json:"last,omitempty"`
 	Message           string           `json:"message,omitempty"`
 }
 
 // Record adds a measurement to the tally of metric m (with defaults
 // applied: see rollout.Metric.Effective) and returns the new tally. A
-// terminal tally does not change. A metric without a count (background
-// analysis) does not count Inconclusive measurements that had too little
-// data (Measurement.Insufficient). Limits are "more than": with
+// terminal tally does not change. Inconclusive measurements that had too
+// little data (Measurement.Insufficient) do not count, except that a metric
+// with a count turns Inconclusive after more than InsufficientLimit of them
+// in a row. Limits are "more than": with
 // FailureLimit 0 the first failed measurement fails the metric; with
 // FailureLimit 2 the third does.
 func (r MetricResult) Record(m rollout.Metric, meas Measurement) MetricResult {
@@ -109,14 +113,25 @@ func (r MetricResult) Record(m rollout.Metric, meas Measurement) MetricResult {
 	r.Name = m.Name
 	mm := meas
 	r.Last = &mm
-	if meas.Phase == rollout.RunInconclusive && meas.Insufficient && m.Count == 0 {
-		// A watch without an end (background analysis) keeps watching
-		// through seconds with too little data: they are recorded but do
-		// not count, so the watch cannot end by being inconclusive early.
+	if meas.Phase == rollout.RunInconclusive && meas.Insufficient {
+		// Seconds with too little data (the first, partial window of a
+		// run; a quiet minute) are recorded but do not count: a background
+		// watch keeps watching, a step keeps waiting for data. A step
+		// whose data stays insufficient for InsufficientLimit measurements
+		// in a row becomes inconclusive, so a person decides.
+		r.ConsecutiveInsufficient++
+		if m.Count > 0 && r.ConsecutiveInsufficient > InsufficientLimit(m) {
+			r.Inconclusive++
+			r.Count++
+			r.Phase = rollout.RunInconclusive
+			r.Message = fmt.Sprintf("%s inconclusive: too little data for %d measurements in a row; last: %s", m.Name, r.ConsecutiveInsufficient, meas.Message)
+			return r
+		}
 		r.Phase = rollout.RunRunning
 		r.Message = meas.Message
 		return r
 	}
+	r.ConsecutiveInsufficient = 0
 	r.Count++
 	switch meas.Phase {
 	case rollout.RunSuccessful:
@@ -154,6 +169,13 @@ func (r MetricResult) Record(m rollout.Metric, meas Measurement) MetricResult {
 		r.Message = meas.Message
 	}
 	return r
+}
+
+// InsufficientLimit is how many measurements in a row may lack data
+// before a metric with a count (an analysis step) is inconclusive: three
+// times its count, and at least 30.
+func InsufficientLimit(m rollout.Metric) int {
+	return max(30, 3*m.Count)
 }
 
 // Verdict combines metric results into a run phase and a reason: Failed if

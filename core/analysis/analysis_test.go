@@ -134,12 +134,28 @@ func TestBackgroundWatchIgnoresSecondsWithTooLittleData(t *testing.T) {
 	if r.Phase != rollout.RunFailed {
 		t.Fatalf("a failed measurement after them: %s, want Failed", r.Phase)
 	}
-	// A step (with a count) still counts them: a person decides.
+	// A step (with a count) waits for data, up to InsufficientLimit
+	// measurements in a row, then a person decides.
 	step := rollout.Metric{Name: "m", Count: 3}
 	var s MetricResult
+	for i := 0; i < InsufficientLimit(step); i++ {
+		s = s.Record(step, Measurement{Phase: rollout.RunInconclusive, Insufficient: true})
+	}
+	if s.Phase != rollout.RunRunning {
+		t.Fatalf("step metric after %d insufficient measurements: %s, want still Running", InsufficientLimit(step), s.Phase)
+	}
 	s = s.Record(step, Measurement{Phase: rollout.RunInconclusive, Insufficient: true})
 	if s.Phase != rollout.RunInconclusive {
-		t.Fatalf("step metric with an insufficient measurement: %s, want Inconclusive", s.Phase)
+		t.Fatalf("step metric after one more: %s, want Inconclusive", s.Phase)
+	}
+	// Data arriving resets the streak and counts normally.
+	var s2 MetricResult
+	s2 = s2.Record(step, Measurement{Phase: rollout.RunInconclusive, Insufficient: true})
+	for i := 0; i < 3; i++ {
+		s2 = s2.Record(step, Measurement{Phase: rollout.RunSuccessful})
+	}
+	if s2.Phase != rollout.RunSuccessful || s2.Count != 3 {
+		t.Fatalf("step metric: %s after %d counted, want Successful after 3", s2.Phase, s2.Count)
 	}
 	// A value between the conditions is inconclusive even in background.
 	var b MetricResult

@@ -96,7 +96,7 @@ func sloTemplate() *rolloutv1.Analysis {
 		metric := func(name string, b *rolloutv1.BuiltinMetric, success string) *rolloutv1.Metric {
 			return &rolloutv1.Metric{
 				Name: name, SuccessCondition: success, Window: durationpb.New(5 * time.Second),
-				MinSampleSize: 20, Count: count,
+				MinSampleSize: 10, Count: count,
 				Provider: &rolloutv1.MetricProvider{Source: &rolloutv1.MetricProvider_Builtin{Builtin: b}},
 			}
 		}
@@ -311,7 +311,11 @@ func (d *demo) rollout(ctx context.Context, sp *rolloutv1.RolloutSpec, cand stri
 			fmt.Printf(format+"\n", args...)
 		}
 	}
-	stream, err := s.Rollouts().WatchRollout(ctx, connect.NewRequest(&rolloutv1.WatchRolloutRequest{Id: id}))
+	// A demo rollout that has not ended after 3 minutes is a failure, not a
+	// reason to wait forever (CI runs this).
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	stream, err := s.Rollouts().WatchRollout(wctx, connect.NewRequest(&rolloutv1.WatchRolloutRequest{Id: id}))
 	if err != nil {
 		return nil, fmt.Errorf("watch rollout: %w", err)
 	}
@@ -347,6 +351,9 @@ func (d *demo) rollout(ctx context.Context, sp *rolloutv1.RolloutSpec, cand stri
 		}
 	}
 	if err := stream.Err(); err != nil && ctx.Err() == nil {
+		if wctx.Err() != nil {
+			return final, fmt.Errorf("rollout %s did not end within 3 minutes; last state: %s", id, final.GetMessage())
+		}
 		return nil, fmt.Errorf("watch rollout: %w", err)
 	}
 	if watch != nil {
