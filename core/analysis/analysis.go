@@ -93,9 +93,9 @@ type MetricResult struct {
 	ConsecutiveErrors int              `json:"consecutiveErrors"`
 	// ConsecutiveInsufficient counts measurements in a row that had too
 	// little data.
-	ConsecutiveInsufficient int `json:"consecutiveInsufficient,omitempty"`
-	Last              *Measurement     `json:"last,omitempty"`
-	Message           string           `json:"message,omitempty"`
+	ConsecutiveInsufficient int          `json:"consecutiveInsufficient,omitempty"`
+	Last                    *Measurement `json:"last,omitempty"`
+	Message                 string       `json:"message,omitempty"`
 }
 
 // Record adds a measurement to the tally of metric m (with defaults
