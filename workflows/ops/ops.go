@@ -61,3 +61,23 @@ func Mount(mux *http.ServeMux, reg *prometheus.Registry, checks map[string]Check
 		_ = json.NewEncoder(w).Encode(map[string]any{"ready": len(failing) == 0, "failing": failing})
 	})
 }
+
+// UntilReady calls open until it succeeds, giving each attempt five
+// seconds and waiting a second between attempts, so a binary can start
+// before the servers it depends on. It returns ctx's error if ctx ends.
+func UntilReady(ctx context.Context, log *slog.Logger, what string, open func(ctx context.Context) error) error {
+	for {
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := open(octx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		log.Warn(what+", retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}

@@ -57,8 +57,11 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	ch, err := openClickHouse(ctx, chstore.Options{Addr: *chAddr, Database: *chDB}, log)
-	if err != nil {
+	var ch *chstore.Store
+	if err := ops.UntilReady(ctx, log, "connect to ClickHouse at "+*chAddr, func(ctx context.Context) (err error) {
+		ch, err = chstore.Open(ctx, chstore.Options{Addr: *chAddr, Database: *chDB})
+		return err
+	}); err != nil {
 		return err
 	}
 	defer ch.Close()
@@ -76,22 +79,14 @@ func run() error {
 		return fmt.Errorf("open JetStream: %w", err)
 	}
 	var st *store.Store
-	for {
-		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		st, err = store.Open(octx, js)
-		if err == nil {
-			_, err = ingest.EnsureStream(octx, js)
+	if err := ops.UntilReady(ctx, log, "open NATS buckets and stream", func(ctx context.Context) (err error) {
+		if st, err = store.Open(ctx, js); err != nil {
+			return err
 		}
-		cancel()
-		if err == nil {
-			break
-		}
-		log.Warn("open NATS buckets and stream, retrying", "error", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
+		_, err = ingest.EnsureStream(ctx, js)
+		return err
+	}); err != nil {
+		return err
 	}
 	tc, err := client.DialContext(ctx, client.Options{HostPort: *temporalAddr, Namespace: *namespace, Logger: tlog.NewStructuredLogger(log)})
 	if err != nil {
@@ -174,21 +169,6 @@ func retry(ctx context.Context, log *slog.Logger, what string, f func() error) e
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-func openClickHouse(ctx context.Context, o chstore.Options, log *slog.Logger) (*chstore.Store, error) {
-	for {
-		s, err := chstore.Open(ctx, o)
-		if err == nil {
-			return s, nil
-		}
-		log.Warn("connect to ClickHouse, retrying", "addr", o.Addr, "error", err)
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
 		case <-time.After(time.Second):
 		}
 	}

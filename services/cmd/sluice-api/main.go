@@ -65,25 +65,17 @@ func run() error {
 	var st *store.Store
 	var flags *flagstore.Store
 	var arts *artifact.Store
-	for {
-		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		st, err = store.Open(octx, js)
-		if err == nil {
-			flags, err = flagstore.Open(octx, js, flagstore.Options{Log: log})
+	if err := ops.UntilReady(ctx, log, "open NATS buckets", func(ctx context.Context) (err error) {
+		if st, err = store.Open(ctx, js); err != nil {
+			return err
 		}
-		if err == nil {
-			arts, err = artifact.Open(octx, js, artifact.Options{MaxSize: *artifactMax})
+		if flags, err = flagstore.Open(ctx, js, flagstore.Options{Log: log}); err != nil {
+			return err
 		}
-		cancel()
-		if err == nil {
-			break
-		}
-		log.Warn("open NATS buckets and streams, retrying", "error", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
+		arts, err = artifact.Open(ctx, js, artifact.Options{MaxSize: *artifactMax})
+		return err
+	}); err != nil {
+		return err
 	}
 	tc, err := client.DialContext(ctx, client.Options{HostPort: *temporalAddr, Namespace: *namespace, Logger: tlog.NewStructuredLogger(log)})
 	if err != nil {

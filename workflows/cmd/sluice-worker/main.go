@@ -11,7 +11,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -59,8 +58,11 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("open JetStream: %w", err)
 	}
-	st, err := openStore(ctx, js, log)
-	if err != nil {
+	var st *store.Store
+	if err := ops.UntilReady(ctx, log, "open NATS buckets", func(ctx context.Context) (err error) {
+		st, err = store.Open(ctx, js)
+		return err
+	}); err != nil {
 		return err
 	}
 
@@ -104,22 +106,4 @@ func run() error {
 	w.Stop()
 	log.Info("worker stopped")
 	return nil
-}
-
-// openStore retries until NATS answers, so the worker can start before it.
-func openStore(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (*store.Store, error) {
-	for {
-		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		st, err := store.Open(octx, js)
-		cancel()
-		if err == nil {
-			return st, nil
-		}
-		log.Warn("open NATS buckets, retrying", "error", err)
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
 }
