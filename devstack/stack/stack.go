@@ -365,8 +365,10 @@ func (s *Stack) StartAgent(ctx context.Context, i int) error {
 	return nil
 }
 
-// StopAgent stops agent i gracefully; KillAgent kills it.
-func (s *Stack) StopAgent(i int) error { return s.Agents[i].proc.Stop(5 * time.Second) }
+// StopAgent stops agent i gracefully (SIGTERM; SIGKILL after 15 s: with
+// NATS away the agent's shutdown waits out its drain and metrics flush
+// timeouts, which took over 5 s on a loaded machine); KillAgent kills it.
+func (s *Stack) StopAgent(i int) error { return s.Agents[i].proc.Stop(15 * time.Second) }
 
 // KillAgent kills agent i with SIGKILL.
 func (s *Stack) KillAgent(i int) error { return s.Agents[i].proc.Kill() }
