@@ -223,15 +223,28 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		}
 	}
 	for i := 1; i <= cfg.Agents; i++ {
-		a, err := s.newAgent(i)
-		if err != nil {
-			return nil, err
+		// A free port can be taken by another process between choosing it
+		// and the agent binding it (tests start stacks in parallel): then
+		// choose new ports and start again.
+		for attempt := 1; ; attempt++ {
+			a, err := s.newAgent(i)
+			if err != nil {
+				return nil, err
+			}
+			s.Agents = append(s.Agents, a)
+			err = s.StartAgent(ctx, i-1)
+			if err == nil {
+				logf("agent       %s proxy http://%s admin http://%s labels %v", a.ID, a.Listen, a.Admin, a.Labels)
+				break
+			}
+			if a.proc != nil {
+				_ = a.proc.Kill()
+			}
+			s.Agents = s.Agents[:i-1]
+			if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+				return nil, err
+			}
 		}
-		s.Agents = append(s.Agents, a)
-		if err := s.StartAgent(ctx, i-1); err != nil {
-			return nil, err
-		}
-		logf("agent       %s proxy http://%s admin http://%s labels %v", a.ID, a.Listen, a.Admin, a.Labels)
 	}
 
 	if s.wport, err = proc.FreePort("127.0.0.1"); err != nil {
