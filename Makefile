@@ -100,7 +100,7 @@ bench-ingest: build
 	cd bench && go run ./ingest -reps 5 -runs raw,pipeline,discard -lag-rate 10000
 
 bench-flip: build
-	go run ./bench/flip
+	go run ./bench/flip $(FLIP_FLAGS)
 
 bench-flags-remote:
 	go run ./bench/flags
