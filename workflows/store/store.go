@@ -321,27 +321,7 @@ func (s *Store) WatchRecord(ctx context.Context, id string, fn func(corerollout.
 	if err != nil {
 		return fmt.Errorf("watch record %s: %w", id, err)
 	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("record watch closed")
-			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			r, err := decodeRecord(e.Value())
-			if err != nil {
-				continue
-			}
-			if !fn(r) {
-				return nil
-			}
-		}
-	}
+	return followRecords(ctx, w, fn)
 }
 
 // WatchRecords calls fn with every stored record, then with every new
@@ -351,6 +331,13 @@ func (s *Store) WatchRecords(ctx context.Context, fn func(corerollout.Record) bo
 	if err != nil {
 		return fmt.Errorf("watch records: %w", err)
 	}
+	return followRecords(ctx, w, fn)
+}
+
+// followRecords feeds the records a watcher delivers to fn (deletes and
+// undecodable values are skipped) until fn returns false or ctx ends, then
+// stops the watcher.
+func followRecords(ctx context.Context, w jetstream.KeyWatcher, fn func(corerollout.Record) bool) error {
 	defer w.Stop()
 	for {
 		select {
