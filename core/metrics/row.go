@@ -40,3 +40,16 @@ type Key struct {
 func (r Row) Key() Key {
 	return Key{Second: r.Second, Agent: r.Agent, Service: r.Service, Variant: r.Variant}
 }
+
+// FlagVariantPrefix starts the revision label of rows that count requests by
+// the variant a feature flag served them instead of by the revision that
+// answered them: "flag:<flag key>:<variant>". Agents and the SDK metrics
+// hook write such rows beside the revision rows, so a flag rollout is
+// analysed like a canary, with the new variant as candidate and the control
+// variant as stable.
+const FlagVariantPrefix = "flag:"
+
+// FlagVariant returns the revision label of a flag's variant.
+func FlagVariant(flagKey, variant string) string {
+	return FlagVariantPrefix + flagKey + ":" + variant
+}
