@@ -40,6 +40,51 @@ type Strategy struct {
 	Canary    *Canary    `json:"canary,omitempty"`
 	BlueGreen *BlueGreen `json:"blueGreen,omitempty"`
 	Rolling   *Rolling   `json:"rolling,omitempty"`
+	Flag      *Flag      `json:"flag,omitempty"`
+}
+
+// Flag releases a variant of a feature flag step by step instead of a
+// revision: each setWeight step serves Variant to that percentage of
+// targeting keys (flagd's fractional bucketing, so raising it only adds
+// users) and the control variant, the flag's default variant, to the rest.
+// Analysis compares the two variants' requests, attributed by agents or by
+// the SDK metrics hook; an abort dials Variant back to 0 % by restoring the
+// flag as it was before the rollout. The rollout's StableRevision and
+// CandidateRevision are the variants' metric labels
+// (metrics.FlagVariant(Key, Control) and metrics.FlagVariant(Key, Variant)),
+// filled in when the rollout is created.
+type Flag struct {
+	// Environment is the flag environment (namespace) holding the flag.
+	Environment string `json:"environment"`
+	// Key is the flag key.
+	Key string `json:"key"`
+	// Variant is the variant being released.
+	Variant string `json:"variant"`
+	// Control is the variant everyone else gets: the flag's default variant
+	// when the rollout was created.
+	Control string `json:"control"`
+	// Steps run in order as a canary's do (setWeight, pause, analysis);
+	// after the last one Variant becomes the flag's default variant.
+	Steps []Step `json:"steps"`
+	// ProgressDeadline bounds each flag write; zero means
+	// DefaultProgressDeadline.
+	ProgressDeadline time.Duration `json:"progressDeadline,omitempty"`
+}
+
+// Canary returns the canary whose steps the flag rollout follows.
+func (f *Flag) Canary() *Canary {
+	return &Canary{Steps: f.Steps, ProgressDeadline: f.ProgressDeadline}
+}
+
+// Key names what a rollout changes, and so what at most one rollout may
+// change at a time: the service for deployments, the flag (in its
+// environment) for flag rollouts, which leave the service's routing alone
+// and may run beside a deployment of it.
+func (s Spec) Key() string {
+	if f := s.Strategy.Flag; f != nil {
+		return "flag/" + f.Environment + "/" + f.Key
+	}
+	return s.Service
 }
 
 // BlueGreen starts the new revision (green) beside the old one (blue) with

@@ -9,7 +9,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
+	"github.com/sluicehq/sluice/core/metrics"
 	"github.com/sluicehq/sluice/core/revision"
 )
 
@@ -80,24 +83,42 @@ func Validate(s Spec, prefix string) error {
 			ve.add(p("selector["+k+"]"), "label value %q is not a valid label value", v)
 		}
 	}
-	stable, errS := revision.Parse(s.StableRevision)
-	if errS != nil {
-		ve.add(p("stable_revision"), "%v", errS)
+	if f := s.Strategy.Flag; f != nil {
+		stable, cand := FlagRevisions(f)
+		if s.StableRevision != stable {
+			ve.add(p("stable_revision"), "a flag rollout compares the control variant: want %q (or empty), got %q", stable, s.StableRevision)
+		}
+		if s.CandidateRevision != cand {
+			ve.add(p("candidate_revision"), "a flag rollout compares the released variant: want %q (or empty), got %q", cand, s.CandidateRevision)
+		}
+	} else {
+		stable, errS := revision.Parse(s.StableRevision)
+		if errS != nil {
+			ve.add(p("stable_revision"), "%v", errS)
+		}
+		cand, errC := revision.Parse(s.CandidateRevision)
+		if errC != nil {
+			ve.add(p("candidate_revision"), "%v", errC)
+		}
+		if errS == nil && errC == nil && stable == cand {
+			ve.add(p("candidate_revision"), "equals stable_revision: nothing to roll out")
+		}
 	}
-	cand, errC := revision.Parse(s.CandidateRevision)
-	if errC != nil {
-		ve.add(p("candidate_revision"), "%v", errC)
-	}
-	if errS == nil && errC == nil && stable == cand {
-		ve.add(p("candidate_revision"), "equals stable_revision: nothing to roll out")
+	canary := s.Strategy.Canary
+	if f := s.Strategy.Flag; f != nil {
+		canary = f.Canary()
 	}
 	if s.Analysis != nil {
-		validateAnalysis(ve, p("analysis"), s.Analysis, s.Strategy.Canary)
+		validateAnalysis(ve, p("analysis"), s.Analysis, canary)
 	}
 	n := 0
 	if s.Strategy.Canary != nil {
 		n++
 		validateCanary(ve, p("strategy.canary"), s.Strategy.Canary, s.Analysis)
+	}
+	if f := s.Strategy.Flag; f != nil {
+		n++
+		validateFlag(ve, p("strategy.flag"), f, s.Analysis)
 	}
 	if bg := s.Strategy.BlueGreen; bg != nil {
 		n++
@@ -137,7 +158,7 @@ func Validate(s Spec, prefix string) error {
 		checkDeadline(ve, rp+".progress_deadline", ro.ProgressDeadline)
 	}
 	if n != 1 {
-		ve.add(p("strategy"), "exactly one strategy must be set (canary, blue_green or rolling), got %d", n)
+		ve.add(p("strategy"), "exactly one strategy must be set (canary, blue_green, rolling or flag), got %d", n)
 	}
 	if len(ve.Fields) == 0 {
 		return nil
@@ -190,6 +211,46 @@ func validateCanary(ve *ValidationError, path string, c *Canary, an *Analysis) {
 			ve.add(sp, "exactly one of set_weight, pause, set_header_route, analysis must be set, got %d", set)
 		}
 		checkDeadline(ve, sp+".progress_deadline", st.ProgressDeadline)
+	}
+}
+
+// FlagRevisions returns the metric labels a flag rollout compares: the
+// control variant's (stable) and the released variant's (candidate).
+func FlagRevisions(f *Flag) (stable, candidate string) {
+	return metrics.FlagVariant(f.Key, f.Control), metrics.FlagVariant(f.Key, f.Variant)
+}
+
+// MaxFlagKeyBytes bounds a flag key (as the flag store does).
+const MaxFlagKeyBytes = 256
+
+func validateFlag(ve *ValidationError, path string, f *Flag, an *Analysis) {
+	if !ValidName(f.Environment) {
+		ve.add(path+".environment", "must be a DNS label such as dev, staging or prod, got %q", f.Environment)
+	}
+	checkFlagName := func(field, v string) bool {
+		switch {
+		case v == "":
+			ve.add(path+"."+field, "must be set")
+		case len(v) > MaxFlagKeyBytes:
+			ve.add(path+"."+field, "has %d bytes, at most %d", len(v), MaxFlagKeyBytes)
+		case !utf8.ValidString(v) || strings.IndexFunc(v, unicode.IsControl) >= 0:
+			ve.add(path+"."+field, "must be UTF-8 without control characters, got %q", v)
+		default:
+			return true
+		}
+		return false
+	}
+	checkFlagName("flag_key", f.Key)
+	okV := checkFlagName("variant", f.Variant)
+	okC := checkFlagName("control_variant", f.Control)
+	if okV && okC && f.Variant == f.Control {
+		ve.add(path+".variant", "equals the control variant %q: nothing to release", f.Control)
+	}
+	validateCanary(ve, path, f.Canary(), an)
+	for i, st := range f.Steps {
+		if st.SetHeaderRoute != nil {
+			ve.add(fmt.Sprintf("%s.steps[%d].set_header_route", path, i), "a flag rollout does not route requests; target users in the flag's own targeting instead")
+		}
 	}
 }
 

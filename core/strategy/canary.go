@@ -89,10 +89,10 @@ func Next(spec rollout.Spec, st rollout.Status, now time.Time) (rollout.Status, 
 		case st.Phase.Terminal():
 			return st, Decision{Kind: Done}
 		case st.Failing != "":
-			st = describe(st, rollout.PhaseProgressing, "failing: "+st.Failing+"; returning every agent to 100% stable", now)
+			st = describe(st, rollout.PhaseProgressing, "failing: "+st.Failing+"; "+returning(spec), now)
 			return withSeq(spec, st, Decision{Kind: Apply, Intent: IntentFail, Step: st.StepIndex, Desired: stableState(spec), Deadline: AbortDeadline}, now)
 		case st.Aborting:
-			st = describe(st, rollout.PhaseProgressing, "aborting: "+st.Reason+"; returning every agent to 100% stable", now)
+			st = describe(st, rollout.PhaseProgressing, "aborting: "+st.Reason+"; "+returning(spec), now)
 			return withSeq(spec, st, Decision{Kind: Apply, Intent: IntentAbort, Step: st.StepIndex, Desired: stableState(spec), Deadline: AbortDeadline}, now)
 		case st.ManualPause:
 			st = describe(st, rollout.PhasePaused, fmt.Sprintf("%s: paused by an operator at %d%% candidate; resume or promote to continue", stepLabel(spec, st, st.StepIndex), st.CandidateWeight), now)
@@ -133,7 +133,7 @@ func Next(spec rollout.Spec, st rollout.Status, now time.Time) (rollout.Status, 
 // canaryStep carries out canary step st.StepIndex. ret is false when the
 // status changed and Next must look again.
 func canaryStep(spec rollout.Spec, st rollout.Status, now time.Time) (rollout.Status, Decision, bool) {
-	c := spec.Strategy.Canary
+	c := canaryOf(spec)
 	i := st.StepIndex
 	step := c.Steps[i]
 	switch {
@@ -203,11 +203,14 @@ func Applied(spec rollout.Spec, st rollout.Status, d Decision, gen uint64, now t
 	st.HeaderRoutes = requestMatches(d.Desired.HeaderRoutes)
 	switch d.Intent {
 	case IntentFail:
-		return finish(st, rollout.PhaseFailed, st.Failing, "failed: "+st.Failing+"; every agent is on 100% stable", now)
+		return finish(st, rollout.PhaseFailed, st.Failing, "failed: "+st.Failing+"; "+returned(spec), now)
 	case IntentAbort:
-		return finish(st, rollout.PhaseAborted, st.Reason, "aborted: "+st.Reason+"; every agent is on 100% stable", now)
+		return finish(st, rollout.PhaseAborted, st.Reason, "aborted: "+st.Reason+"; "+returned(spec), now)
 	case IntentFinal:
 		if !st.Aborting && st.Failing == "" {
+			if f := spec.Strategy.Flag; f != nil {
+				return finish(st, rollout.PhaseSucceeded, "", fmt.Sprintf("succeeded: %s is the default variant of %s", f.Variant, f.Key), now)
+			}
 			return finish(st, rollout.PhaseSucceeded, "", "succeeded: every agent serves 100% "+spec.CandidateRevision, now)
 		}
 	case IntentStep:
@@ -257,6 +260,22 @@ func Discovered(st rollout.Status, hosts []string, now time.Time) rollout.Status
 	return st
 }
 
+// returning and returned say what an abort does: every agent back to the
+// stable revision, or the flag dialed back to 0 % of the released variant.
+func returning(spec rollout.Spec) string {
+	if f := spec.Strategy.Flag; f != nil {
+		return fmt.Sprintf("dialing %s=%s back to 0%%", f.Key, f.Variant)
+	}
+	return "returning every agent to 100% stable"
+}
+
+func returned(spec rollout.Spec) string {
+	if f := spec.Strategy.Flag; f != nil {
+		return fmt.Sprintf("%s=%s dialed back to 0%%: the flag is as it was before the rollout", f.Key, f.Variant)
+	}
+	return "every agent is on 100% stable"
+}
+
 func strategyName(spec rollout.Spec) string {
 	switch {
 	case spec.Strategy.BlueGreen != nil:
@@ -265,6 +284,9 @@ func strategyName(spec rollout.Spec) string {
 		return "rolling update"
 	case spec.Strategy.Canary != nil:
 		return fmt.Sprintf("canary of %d steps", len(spec.Strategy.Canary.Steps))
+	case spec.Strategy.Flag != nil:
+		f := spec.Strategy.Flag
+		return fmt.Sprintf("flag rollout of %s=%s in %s (%d steps)", f.Key, f.Variant, f.Environment, len(f.Steps))
 	}
 	return "rollout"
 }
@@ -442,6 +464,27 @@ func withSeq(spec rollout.Spec, st rollout.Status, d Decision, now time.Time) (r
 	return st, d
 }
 
+// canaryOf returns the canary steps the rollout follows: a canary's own, or
+// a flag rollout's (which are canary steps applied to a flag).
+func canaryOf(spec rollout.Spec) *rollout.Canary {
+	if f := spec.Strategy.Flag; f != nil {
+		return f.Canary()
+	}
+	return spec.Strategy.Canary
+}
+
+// FlagWeight returns the percentage of targeting keys a flag rollout's
+// decision gives the released variant: the candidate's weight in the
+// decision's desired state (0 when aborting, 100 when promoting).
+func FlagWeight(spec rollout.Spec, d route.Desired) int32 {
+	for _, b := range d.Backends {
+		if b.Revision == spec.CandidateRevision {
+			return b.Weight
+		}
+	}
+	return 0
+}
+
 func stableState(spec rollout.Spec) route.Desired {
 	return route.Desired{
 		Service:  spec.Service,
@@ -460,7 +503,7 @@ func canaryState(spec rollout.Spec, w int32, routes []rollout.HeaderRoute) route
 			{Revision: spec.StableRevision, Weight: 100 - w},
 			{Revision: spec.CandidateRevision, Weight: w},
 		},
-		Sticky: spec.Strategy.Canary.Sticky,
+		Sticky: canaryOf(spec).Sticky,
 	}
 	for _, r := range routes {
 		d.HeaderRoutes = append(d.HeaderRoutes, route.HeaderRoute{RequestMatch: r, Revision: spec.CandidateRevision})
@@ -514,7 +557,7 @@ func stepLabel(spec rollout.Spec, st rollout.Status, i int) string {
 	case spec.Strategy.Rolling != nil:
 		return rollingLabel(spec, st, i)
 	}
-	return fmt.Sprintf("step %d/%d (%s)", i+1, n, spec.Strategy.Canary.Steps[i].Kind())
+	return fmt.Sprintf("step %d/%d (%s)", i+1, n, canaryOf(spec).Steps[i].Kind())
 }
 
 // StepCount is the number of steps of the rollout before the final
@@ -527,6 +570,8 @@ func StepCount(spec rollout.Spec, st rollout.Status) int {
 		return rollingSteps(spec, st)
 	case spec.Strategy.Canary != nil:
 		return len(spec.Strategy.Canary.Steps)
+	case spec.Strategy.Flag != nil:
+		return len(spec.Strategy.Flag.Steps)
 	}
 	return 0
 }
@@ -539,8 +584,8 @@ func deadline(spec rollout.Spec, i int) time.Duration {
 		d = spec.Strategy.BlueGreen.ProgressDeadline
 	case spec.Strategy.Rolling != nil:
 		d = spec.Strategy.Rolling.ProgressDeadline
-	case spec.Strategy.Canary != nil:
-		return spec.Strategy.Canary.Deadline(i)
+	case spec.Strategy.Canary != nil, spec.Strategy.Flag != nil:
+		return canaryOf(spec).Deadline(i)
 	}
 	if d > 0 {
 		return d
