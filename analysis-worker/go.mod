@@ -50,6 +50,7 @@ require (
 	github.com/robfig/cron v1.2.0 // indirect
 	github.com/segmentio/asm v1.2.1 // indirect
 	github.com/shopspring/decimal v1.6.0 // indirect
+	github.com/sluicehq/sluice/flags v0.0.0 // indirect
 	github.com/stretchr/objx v0.5.3 // indirect
 	github.com/stretchr/testify v1.12.1 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect
@@ -68,6 +69,7 @@ require (
 replace (
 	github.com/sluicehq/sluice/core => ../core
 	github.com/sluicehq/sluice/devstack => ../devstack
+	github.com/sluicehq/sluice/flags => ../flags
 	github.com/sluicehq/sluice/proto => ../proto
 	github.com/sluicehq/sluice/workflows => ../workflows
 )

@@ -22,6 +22,7 @@ COPY services/go.* services/
 # go to, and the /metrics, /healthz, /readyz endpoints).
 COPY analysis-worker/ analysis-worker/
 COPY core/ core/
+COPY flags/ flags/
 COPY proto/ proto/
 COPY workflows/ workflows/
 RUN --mount=type=cache,target=/go/pkg/mod \

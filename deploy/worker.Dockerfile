@@ -19,6 +19,7 @@ COPY proto/go.* proto/
 COPY services/go.* services/
 # The modules sluice-worker imports.
 COPY core/ core/
+COPY flags/ flags/
 COPY workflows/ workflows/
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \

@@ -44,7 +44,6 @@ require (
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
 	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
-	github.com/nats-io/nats.go v1.55.0 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/nexus-rpc/nexus-proto-annotations v0.1.0 // indirect
@@ -82,8 +81,10 @@ require (
 )
 
 require (
+	github.com/nats-io/nats.go v1.55.0
 	github.com/sluicehq/sluice/agent v0.0.0
 	github.com/sluicehq/sluice/analysis-worker v0.0.0
+	github.com/sluicehq/sluice/flags v0.0.0
 	github.com/sluicehq/sluice/services v0.0.0
 	go.temporal.io/sdk v1.51.0
 )
@@ -96,6 +97,8 @@ replace (
 )
 
 replace github.com/sluicehq/sluice/agent => ../agent
+
+replace github.com/sluicehq/sluice/flags => ../flags
 
 replace (
 	github.com/sluicehq/sluice/analysis-worker => ../analysis-worker

@@ -48,6 +48,8 @@ type Activities struct {
 	Desired DesiredWriter
 	Fleet   FleetWatcher
 	Status  StatusPublisher
+	// Flags is the flag store flag rollouts write to.
+	Flags FlagStore
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }

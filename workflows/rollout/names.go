@@ -32,6 +32,7 @@ const (
 	ActivityApplyDesired  = "ApplyDesired"
 	ActivityPublishStatus = "PublishStatus"
 	ActivityListTargets   = "ListTargets"
+	ActivityApplyFlag     = "ApplyFlag"
 	// Memo keys set on each workflow execution.
 	MemoRolloutID = "rolloutId"
 	MemoSpecHash  = "specHash"
@@ -48,9 +49,16 @@ const (
 	// ErrTypeNoAgents is the application error type when no connected agent
 	// is selected.
 	ErrTypeNoAgents = "NoAgents"
+	// ErrTypeFlagNotApplied is the application error type when a flag
+	// rollout cannot rewrite its flag: missing, owned by another rollout,
+	// or lacking the variants.
+	ErrTypeFlagNotApplied = "FlagNotApplied"
 )
 
 // WorkflowID derives the workflow ID of a service's rollout. One ID per
 // service lets Temporal guarantee that at most one rollout of a service runs
 // at a time, even when creates race; the rollout's own id is in the memo.
-func WorkflowID(service string) string { return "rollout/" + service }
+//
+// key is corerollout.Spec.Key(): the service, or "flag/<env>/<flag>" for a
+// flag rollout, which changes a flag and not the service's routing.
+func WorkflowID(key string) string { return "rollout/" + key }

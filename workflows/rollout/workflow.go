@@ -200,9 +200,15 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 			}
 		case strategy.Apply:
 			started := workflow.Now(ctx)
-			res, err := apply(ctx, d, func() bool {
-				return st.Aborting && (d.Intent == strategy.IntentStep || d.Intent == strategy.IntentFinal)
-			})
+			var res ApplyResult
+			var err error
+			if spec.Strategy.Flag != nil {
+				res, err = applyFlag(ctx, spec, st, d)
+			} else {
+				res, err = apply(ctx, d, func() bool {
+					return st.Aborting && (d.Intent == strategy.IntentStep || d.Intent == strategy.IntentFinal)
+				})
+			}
 			now = workflow.Now(ctx)
 			switch {
 			case err == nil:

@@ -25,6 +25,7 @@ import (
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 
+	flagstore "github.com/sluicehq/sluice/flags/store"
 	"github.com/sluicehq/sluice/workflows/ops"
 	"github.com/sluicehq/sluice/workflows/rollout"
 	"github.com/sluicehq/sluice/workflows/store"
@@ -59,8 +60,12 @@ func run() error {
 		return fmt.Errorf("open JetStream: %w", err)
 	}
 	var st *store.Store
+	var flags *flagstore.Store
 	if err := ops.UntilReady(ctx, log, "open NATS buckets", func(ctx context.Context) (err error) {
-		st, err = store.Open(ctx, js)
+		if st, err = store.Open(ctx, js); err != nil {
+			return err
+		}
+		flags, err = flagstore.Open(ctx, js, flagstore.Options{Log: log})
 		return err
 	}); err != nil {
 		return err
@@ -74,7 +79,7 @@ func run() error {
 
 	w := worker.New(tc, rollout.TaskQueue, worker.Options{})
 	w.RegisterWorkflowWithOptions(rollout.Workflow, workflow.RegisterOptions{Name: rollout.WorkflowName})
-	w.RegisterActivity(&rollout.Activities{Desired: st, Fleet: st, Status: st})
+	w.RegisterActivity(&rollout.Activities{Desired: st, Fleet: st, Status: st, Flags: flags})
 
 	reg := ops.Registry()
 	mux := http.NewServeMux()
