@@ -45,7 +45,8 @@ type Store interface {
 type Verdicts interface {
 	// SendVerdict returns ErrRefused when the workflow will never take it
 	// (the run ended, the rollout is over); other errors are retried.
-	SendVerdict(ctx context.Context, service string, v Verdict) error
+	// key is the rollout's corerollout.Spec.Key (its workflow's key).
+	SendVerdict(ctx context.Context, key string, v Verdict) error
 }
 
 // Verdict is a run's final verdict.
@@ -333,7 +334,7 @@ func (e *Engine) stepRun(ctx context.Context, rs *runState) {
 		}
 	}
 	if rs.final && !rs.sent {
-		err := e.Verdicts.SendVerdict(ctx, rs.rec.Spec.Service, Verdict{RolloutID: rs.rec.Spec.ID, RunID: rs.run.ID, Phase: rs.verdict, Message: rs.message})
+		err := e.Verdicts.SendVerdict(ctx, rs.rec.Spec.Key(), Verdict{RolloutID: rs.rec.Spec.ID, RunID: rs.run.ID, Phase: rs.verdict, Message: rs.message})
 		switch {
 		case err == nil, errors.Is(err, ErrRefused):
 			rs.sent = true

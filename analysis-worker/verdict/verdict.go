@@ -25,9 +25,9 @@ var _ evaluate.Verdicts = (*Temporal)(nil)
 // SendVerdict implements evaluate.Verdicts. The update is idempotent in the
 // workflow (a repeated verdict on a decided run is ignored), so retries are
 // safe.
-func (t *Temporal) SendVerdict(ctx context.Context, service string, v evaluate.Verdict) error {
+func (t *Temporal) SendVerdict(ctx context.Context, key string, v evaluate.Verdict) error {
 	h, err := t.Client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
-		WorkflowID:   wfrollout.WorkflowID(service),
+		WorkflowID:   wfrollout.WorkflowID(key),
 		UpdateName:   wfrollout.UpdateVerdict,
 		Args:         []any{wfrollout.VerdictRequest{RolloutID: v.RolloutID, RunID: v.RunID, Phase: v.Phase, Message: v.Message}},
 		WaitForStage: client.WorkflowUpdateStageCompleted,

@@ -48,7 +48,7 @@ func newFlagServer(t *testing.T) (*httptest.Server, *flagstore.Store) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	rh := &RolloutHandler{Records: &memRecords{recs: map[string]corerollout.Record{}}, Workflows: &memWorkflows{active: map[string]corerollout.Spec{}}, Log: log}
+	rh := &RolloutHandler{Records: &memRecords{recs: map[string]corerollout.Record{}}, Flags: st, Workflows: &memWorkflows{active: map[string]corerollout.Spec{}}, Log: log}
 	mux := http.NewServeMux()
 	if err := Mount(mux, rh, &FleetHandler{}, WithFlags(&FlagHandler{Flags: st, Log: log})); err != nil {
 		t.Fatal(err)

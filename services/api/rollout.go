@@ -31,22 +31,25 @@ type Records interface {
 
 // Workflows starts and steers rollout workflows.
 type Workflows interface {
-	// Start starts the rollout's workflow, or returns *ActiveError when the
-	// service already has a running one.
+	// Start starts the rollout's workflow, or returns *ActiveError when
+	// what it changes (corerollout.Spec.Key: the service, or the flag)
+	// already has a running one.
 	Start(ctx context.Context, spec corerollout.Spec) error
-	// Control sends an update; *RefusedError when the workflow refuses it.
-	Control(ctx context.Context, service, update string, req wfrollout.ControlRequest) (corerollout.Record, error)
+	// Control sends an update to the workflow of key (Spec.Key);
+	// *RefusedError when the workflow refuses it.
+	Control(ctx context.Context, key, update string, req wfrollout.ControlRequest) (corerollout.Record, error)
 }
 
-// ActiveError says a service already has a running rollout.
+// ActiveError says a service (or flag) already has a running rollout.
 type ActiveError struct {
+	// Service is the rollout key (corerollout.Spec.Key).
 	Service   string
 	RolloutID string
 	SpecHash  string
 }
 
 func (e *ActiveError) Error() string {
-	return fmt.Sprintf("service %s already has an active rollout %s", e.Service, e.RolloutID)
+	return fmt.Sprintf("%s already has an active rollout %s", e.Service, e.RolloutID)
 }
 
 // RefusedError is a control request the rollout's state does not allow.
@@ -63,7 +66,9 @@ type RolloutHandler struct {
 	Measurements Measurements
 	// Histories reads revision histories (undo, list revisions).
 	Histories Histories
-	Log       *slog.Logger
+	// Flags reads flags for flag rollouts; nil refuses them.
+	Flags FlagReader
+	Log   *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -89,6 +94,11 @@ func (h *RolloutHandler) CreateRollout(ctx context.Context, req *connect.Request
 
 // create validates spec and starts its rollout, idempotently.
 func (h *RolloutHandler) create(ctx context.Context, spec corerollout.Spec) (corerollout.Record, bool, error) {
+	if spec.Strategy.Flag != nil {
+		if err := h.resolveFlag(ctx, &spec); err != nil {
+			return corerollout.Record{}, false, err
+		}
+	}
 	err := corerollout.Validate(spec, "spec")
 	if err == nil {
 		err = validateAnalysisExpressions(spec)
@@ -125,7 +135,11 @@ func (h *RolloutHandler) create(ctx context.Context, spec corerollout.Spec) (cor
 		}
 		return rec, false, nil
 	case errors.As(err, &active):
-		return corerollout.Record{}, false, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("service %s already has an active rollout %s; abort it or wait for it to end", spec.Service, active.RolloutID))
+		what := "service " + spec.Service
+		if f := spec.Strategy.Flag; f != nil {
+			what = fmt.Sprintf("flag %s in %s", f.Key, f.Environment)
+		}
+		return corerollout.Record{}, false, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s already has an active rollout %s; abort it or wait for it to end", what, active.RolloutID))
 	case err != nil:
 		return corerollout.Record{}, false, h.unavailable("start rollout", err)
 	}
@@ -278,7 +292,7 @@ func (h *RolloutHandler) control(ctx context.Context, id, update string, req wfr
 		return rec, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("rollout %s has ended (%s)", id, rec.Status.Phase))
 	}
 	req.RolloutID = id
-	out, err := h.Workflows.Control(ctx, rec.Spec.Service, update, req)
+	out, err := h.Workflows.Control(ctx, rec.Spec.Key(), update, req)
 	var refused *RefusedError
 	switch {
 	case errors.As(err, &refused):

@@ -81,8 +81,8 @@ func (m *memRecords) WatchRecord(ctx context.Context, id string, fn func(corerol
 	return nil
 }
 
-// memWorkflows allows one running rollout per service, like Temporal's
-// workflow-ID conflict policy.
+// memWorkflows allows one running rollout per key (service or flag), like
+// Temporal's workflow-ID conflict policy.
 type memWorkflows struct {
 	mu     sync.Mutex
 	active map[string]corerollout.Spec
@@ -91,10 +91,10 @@ type memWorkflows struct {
 func (w *memWorkflows) Start(_ context.Context, spec corerollout.Spec) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if cur, ok := w.active[spec.Service]; ok {
-		return &ActiveError{Service: spec.Service, RolloutID: cur.ID, SpecHash: cur.Hash()}
+	if cur, ok := w.active[spec.Key()]; ok {
+		return &ActiveError{Service: spec.Key(), RolloutID: cur.ID, SpecHash: cur.Hash()}
 	}
-	w.active[spec.Service] = spec
+	w.active[spec.Key()] = spec
 	return nil
 }
 

@@ -26,7 +26,7 @@ var _ Workflows = (*TemporalWorkflows)(nil)
 // Start implements Workflows.
 func (t *TemporalWorkflows) Start(ctx context.Context, spec corerollout.Spec) error {
 	opts := client.StartWorkflowOptions{
-		ID:                       wfrollout.WorkflowID(spec.Service),
+		ID:                       wfrollout.WorkflowID(spec.Key()),
 		TaskQueue:                wfrollout.TaskQueue,
 		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_FAIL,
@@ -38,7 +38,7 @@ func (t *TemporalWorkflows) Start(ctx context.Context, spec corerollout.Spec) er
 	_, err := t.Client.ExecuteWorkflow(ctx, opts, wfrollout.WorkflowName, wfrollout.Input{Spec: spec})
 	var started *serviceerror.WorkflowExecutionAlreadyStarted
 	if errors.As(err, &started) || temporal.IsWorkflowExecutionAlreadyStartedError(err) {
-		return t.active(ctx, spec.Service)
+		return t.active(ctx, spec.Key())
 	}
 	if err != nil {
 		return fmt.Errorf("start workflow: %w", err)
@@ -46,14 +46,14 @@ func (t *TemporalWorkflows) Start(ctx context.Context, spec corerollout.Spec) er
 	return nil
 }
 
-// active describes the running workflow of a service and returns
-// *ActiveError naming its rollout.
-func (t *TemporalWorkflows) active(ctx context.Context, service string) error {
-	desc, err := t.Client.DescribeWorkflowExecution(ctx, wfrollout.WorkflowID(service), "")
+// active describes the running workflow of a rollout key (a service, or a
+// flag: corerollout.Spec.Key) and returns *ActiveError naming its rollout.
+func (t *TemporalWorkflows) active(ctx context.Context, key string) error {
+	desc, err := t.Client.DescribeWorkflowExecution(ctx, wfrollout.WorkflowID(key), "")
 	if err != nil {
-		return fmt.Errorf("describe active workflow of %s: %w", service, err)
+		return fmt.Errorf("describe active workflow of %s: %w", key, err)
 	}
-	ae := &ActiveError{Service: service}
+	ae := &ActiveError{Service: key}
 	fields := desc.GetWorkflowExecutionInfo().GetMemo().GetFields()
 	dc := converter.GetDefaultDataConverter()
 	if p, ok := fields[wfrollout.MemoRolloutID]; ok {
@@ -67,9 +67,9 @@ func (t *TemporalWorkflows) active(ctx context.Context, service string) error {
 
 // Control implements Workflows with a workflow update that waits for the
 // handler's result.
-func (t *TemporalWorkflows) Control(ctx context.Context, service, update string, req wfrollout.ControlRequest) (corerollout.Record, error) {
+func (t *TemporalWorkflows) Control(ctx context.Context, key, update string, req wfrollout.ControlRequest) (corerollout.Record, error) {
 	h, err := t.Client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
-		WorkflowID:   wfrollout.WorkflowID(service),
+		WorkflowID:   wfrollout.WorkflowID(key),
 		UpdateName:   update,
 		Args:         []any{req},
 		WaitForStage: client.WorkflowUpdateStageCompleted,

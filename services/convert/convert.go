@@ -40,23 +40,18 @@ func SpecFromProto(p *rolloutv1.RolloutSpec) rollout.Spec {
 			m := matchFromProto(c.GetSticky())
 			cs.Sticky = &m
 		}
-		for _, st := range c.GetSteps() {
-			step := rollout.Step{ProgressDeadline: dur(st.GetProgressDeadline())}
-			switch x := st.GetStep().(type) {
-			case *rolloutv1.CanaryStep_SetWeight:
-				w := x.SetWeight
-				step.SetWeight = &w
-			case *rolloutv1.CanaryStep_Pause:
-				step.Pause = &rollout.Pause{Duration: dur(x.Pause.GetDuration())}
-			case *rolloutv1.CanaryStep_SetHeaderRoute:
-				hr := headerRouteFromProto(x.SetHeaderRoute)
-				step.SetHeaderRoute = &hr
-			case *rolloutv1.CanaryStep_Analysis:
-				step.Analysis = &rollout.AnalysisStep{Templates: x.Analysis.GetTemplates(), OnInconclusive: x.Analysis.GetOnInconclusive()}
-			}
-			cs.Steps = append(cs.Steps, step)
-		}
+		cs.Steps = stepsFromProto(c.GetSteps())
 		s.Strategy.Canary = cs
+	}
+	if f := p.GetStrategy().GetFlag(); f != nil {
+		s.Strategy.Flag = &rollout.Flag{
+			Environment:      f.GetEnvironment(),
+			Key:              f.GetFlagKey(),
+			Variant:          f.GetVariant(),
+			Control:          f.GetControlVariant(),
+			Steps:            stepsFromProto(f.GetSteps()),
+			ProgressDeadline: dur(f.GetProgressDeadline()),
+		}
 	}
 	if bg := p.GetStrategy().GetBlueGreen(); bg != nil {
 		b := &rollout.BlueGreen{
@@ -85,6 +80,46 @@ func SpecFromProto(p *rolloutv1.RolloutSpec) rollout.Spec {
 		}
 	}
 	return s
+}
+
+func stepsFromProto(in []*rolloutv1.CanaryStep) []rollout.Step {
+	var out []rollout.Step
+	for _, st := range in {
+		step := rollout.Step{ProgressDeadline: dur(st.GetProgressDeadline())}
+		switch x := st.GetStep().(type) {
+		case *rolloutv1.CanaryStep_SetWeight:
+			w := x.SetWeight
+			step.SetWeight = &w
+		case *rolloutv1.CanaryStep_Pause:
+			step.Pause = &rollout.Pause{Duration: dur(x.Pause.GetDuration())}
+		case *rolloutv1.CanaryStep_SetHeaderRoute:
+			hr := headerRouteFromProto(x.SetHeaderRoute)
+			step.SetHeaderRoute = &hr
+		case *rolloutv1.CanaryStep_Analysis:
+			step.Analysis = &rollout.AnalysisStep{Templates: x.Analysis.GetTemplates(), OnInconclusive: x.Analysis.GetOnInconclusive()}
+		}
+		out = append(out, step)
+	}
+	return out
+}
+
+func stepsToProto(in []rollout.Step) []*rolloutv1.CanaryStep {
+	var out []*rolloutv1.CanaryStep
+	for _, st := range in {
+		ps := &rolloutv1.CanaryStep{ProgressDeadline: durpb(st.ProgressDeadline)}
+		switch {
+		case st.SetWeight != nil:
+			ps.Step = &rolloutv1.CanaryStep_SetWeight{SetWeight: *st.SetWeight}
+		case st.Pause != nil:
+			ps.Step = &rolloutv1.CanaryStep_Pause{Pause: &rolloutv1.Pause{Duration: durpb(st.Pause.Duration)}}
+		case st.SetHeaderRoute != nil:
+			ps.Step = &rolloutv1.CanaryStep_SetHeaderRoute{SetHeaderRoute: HeaderRouteToProto(*st.SetHeaderRoute)}
+		case st.Analysis != nil:
+			ps.Step = &rolloutv1.CanaryStep_Analysis{Analysis: &rolloutv1.AnalysisStep{Templates: st.Analysis.Templates, OnInconclusive: st.Analysis.OnInconclusive}}
+		}
+		out = append(out, ps)
+	}
+	return out
 }
 
 func analysisStepFromProto(a *rolloutv1.AnalysisStep) *rollout.AnalysisStep {
@@ -118,21 +153,18 @@ func SpecToProto(s rollout.Spec) *rolloutv1.RolloutSpec {
 		if c.Sticky != nil {
 			pc.Sticky = matchToProto(*c.Sticky)
 		}
-		for _, st := range c.Steps {
-			ps := &rolloutv1.CanaryStep{ProgressDeadline: durpb(st.ProgressDeadline)}
-			switch {
-			case st.SetWeight != nil:
-				ps.Step = &rolloutv1.CanaryStep_SetWeight{SetWeight: *st.SetWeight}
-			case st.Pause != nil:
-				ps.Step = &rolloutv1.CanaryStep_Pause{Pause: &rolloutv1.Pause{Duration: durpb(st.Pause.Duration)}}
-			case st.SetHeaderRoute != nil:
-				ps.Step = &rolloutv1.CanaryStep_SetHeaderRoute{SetHeaderRoute: HeaderRouteToProto(*st.SetHeaderRoute)}
-			case st.Analysis != nil:
-				ps.Step = &rolloutv1.CanaryStep_Analysis{Analysis: &rolloutv1.AnalysisStep{Templates: st.Analysis.Templates, OnInconclusive: st.Analysis.OnInconclusive}}
-			}
-			pc.Steps = append(pc.Steps, ps)
-		}
+		pc.Steps = stepsToProto(c.Steps)
 		p.Strategy.Strategy = &rolloutv1.Strategy_Canary{Canary: pc}
+	}
+	if f := s.Strategy.Flag; f != nil {
+		p.Strategy.Strategy = &rolloutv1.Strategy_Flag{Flag: &rolloutv1.FlagStrategy{
+			Environment:      f.Environment,
+			FlagKey:          f.Key,
+			Variant:          f.Variant,
+			ControlVariant:   f.Control,
+			Steps:            stepsToProto(f.Steps),
+			ProgressDeadline: durpb(f.ProgressDeadline),
+		}}
 	}
 	if bg := s.Strategy.BlueGreen; bg != nil {
 		pb := &rolloutv1.BlueGreenStrategy{

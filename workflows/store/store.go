@@ -383,8 +383,12 @@ func (s *Store) readHistory(ctx context.Context, service string) (corerollout.Hi
 }
 
 // appendHistory adds a finished rollout to its service's history, once:
-// a rollout already in the history is not added again.
+// a rollout already in the history is not added again. Flag rollouts are
+// not revision changes and are not added.
 func (s *Store) appendHistory(ctx context.Context, r corerollout.Record) error {
+	if r.Spec.Strategy.Flag != nil {
+		return nil // a flag rollout changes no revision: the flag's own audit history records it
+	}
 	key := bus.DesiredKey(r.Spec.Service)
 	for attempt := 0; attempt < 20; attempt++ {
 		h, rev, err := s.readHistory(ctx, r.Spec.Service)

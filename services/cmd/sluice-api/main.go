@@ -84,7 +84,7 @@ func run() error {
 	defer tc.Close()
 
 	mux := http.NewServeMux()
-	rh := &api.RolloutHandler{Records: st, Histories: st, Workflows: &api.TemporalWorkflows{Client: tc}, Log: log}
+	rh := &api.RolloutHandler{Records: st, Histories: st, Flags: flags, Workflows: &api.TemporalWorkflows{Client: tc}, Log: log}
 	checks := map[string]ops.Check{}
 	if *chAddr != "" {
 		ch, err := chstore.Open(ctx, chstore.Options{Addr: *chAddr})

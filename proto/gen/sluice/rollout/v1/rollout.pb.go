@@ -173,8 +173,12 @@ type RolloutSpec struct {
 	// Empty selects every agent fronting the service.
 	Selector map[string]string `protobuf:"bytes,3,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// stable_revision serves today: name@sha256:<64 hex>. Tags are refused.
+	// A flag rollout leaves it empty: the server sets the control variant's
+	// metric label, flag:<key>:<control variant>.
 	StableRevision string `protobuf:"bytes,4,opt,name=stable_revision,json=stableRevision,proto3" json:"stable_revision,omitempty"`
 	// candidate_revision is rolled out: name@sha256:<64 hex>. Tags are refused.
+	// A flag rollout leaves it empty: the server sets the released variant's
+	// metric label, flag:<key>:<variant>.
 	CandidateRevision string `protobuf:"bytes,5,opt,name=candidate_revision,json=candidateRevision,proto3" json:"candidate_revision,omitempty"`
 	// strategy says how traffic moves.
 	Strategy *Strategy `protobuf:"bytes,6,opt,name=strategy,proto3" json:"strategy,omitempty"`
@@ -1036,6 +1040,7 @@ type Strategy struct {
 	//	*Strategy_Canary
 	//	*Strategy_BlueGreen
 	//	*Strategy_Rolling
+	//	*Strategy_Flag
 	Strategy      isStrategy_Strategy `protobuf_oneof:"strategy"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1105,6 +1110,15 @@ func (x *Strategy) GetRolling() *RollingStrategy {
 	return nil
 }
 
+func (x *Strategy) GetFlag() *FlagStrategy {
+	if x != nil {
+		if x, ok := x.Strategy.(*Strategy_Flag); ok {
+			return x.Flag
+		}
+	}
+	return nil
+}
+
 type isStrategy_Strategy interface {
 	isStrategy_Strategy()
 }
@@ -1124,11 +1138,120 @@ type Strategy_Rolling struct {
 	Rolling *RollingStrategy `protobuf:"bytes,3,opt,name=rolling,proto3,oneof"`
 }
 
+type Strategy_Flag struct {
+	// flag releases a feature flag's variant step by step instead of a
+	// revision.
+	Flag *FlagStrategy `protobuf:"bytes,4,opt,name=flag,proto3,oneof"`
+}
+
 func (*Strategy_Canary) isStrategy_Strategy() {}
 
 func (*Strategy_BlueGreen) isStrategy_Strategy() {}
 
 func (*Strategy_Rolling) isStrategy_Strategy() {}
+
+func (*Strategy_Flag) isStrategy_Strategy() {}
+
+// FlagStrategy releases a variant of a feature flag to a growing share of
+// targeting keys (flagd's fractional bucketing: raising the share only
+// adds users), under the same analysis as a canary, comparing the variant's
+// requests (attributed by agents or the SDK metrics hook) with the control
+// variant's. Targeting the flag already had keeps precedence. An abort,
+// by a person or by analysis, dials the variant back to 0 % by restoring
+// the flag as it was, with the reason in the flag's history; after the
+// last step the variant becomes the flag's default variant. service names
+// the service whose requests are analysed.
+type FlagStrategy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// environment is the flag environment holding the flag.
+	Environment string `protobuf:"bytes,1,opt,name=environment,proto3" json:"environment,omitempty"`
+	// flag_key is the flag released.
+	FlagKey string `protobuf:"bytes,2,opt,name=flag_key,json=flagKey,proto3" json:"flag_key,omitempty"`
+	// variant is the variant released.
+	Variant string `protobuf:"bytes,3,opt,name=variant,proto3" json:"variant,omitempty"`
+	// control_variant is the variant everyone else gets: the flag's default
+	// variant. Empty means the flag's default variant (the server fills it in).
+	ControlVariant string `protobuf:"bytes,4,opt,name=control_variant,json=controlVariant,proto3" json:"control_variant,omitempty"`
+	// steps run as a canary's do: set_weight (the variant's share), pause,
+	// analysis. set_header_route is refused: target users in the flag.
+	Steps []*CanaryStep `protobuf:"bytes,5,rep,name=steps,proto3" json:"steps,omitempty"`
+	// progress_deadline bounds each write of the flag (default 30s).
+	ProgressDeadline *durationpb.Duration `protobuf:"bytes,6,opt,name=progress_deadline,json=progressDeadline,proto3" json:"progress_deadline,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *FlagStrategy) Reset() {
+	*x = FlagStrategy{}
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FlagStrategy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FlagStrategy) ProtoMessage() {}
+
+func (x *FlagStrategy) ProtoReflect() protoreflect.Message {
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FlagStrategy.ProtoReflect.Descriptor instead.
+func (*FlagStrategy) Descriptor() ([]byte, []int) {
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *FlagStrategy) GetEnvironment() string {
+	if x != nil {
+		return x.Environment
+	}
+	return ""
+}
+
+func (x *FlagStrategy) GetFlagKey() string {
+	if x != nil {
+		return x.FlagKey
+	}
+	return ""
+}
+
+func (x *FlagStrategy) GetVariant() string {
+	if x != nil {
+		return x.Variant
+	}
+	return ""
+}
+
+func (x *FlagStrategy) GetControlVariant() string {
+	if x != nil {
+		return x.ControlVariant
+	}
+	return ""
+}
+
+func (x *FlagStrategy) GetSteps() []*CanaryStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *FlagStrategy) GetProgressDeadline() *durationpb.Duration {
+	if x != nil {
+		return x.ProgressDeadline
+	}
+	return nil
+}
 
 // BlueGreenStrategy starts green beside blue with no production traffic,
 // reachable through a preview route; after optional pre-promotion analysis
@@ -1157,7 +1280,7 @@ type BlueGreenStrategy struct {
 
 func (x *BlueGreenStrategy) Reset() {
 	*x = BlueGreenStrategy{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1292,7 @@ func (x *BlueGreenStrategy) String() string {
 func (*BlueGreenStrategy) ProtoMessage() {}
 
 func (x *BlueGreenStrategy) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[12]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1305,7 @@ func (x *BlueGreenStrategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlueGreenStrategy.ProtoReflect.Descriptor instead.
 func (*BlueGreenStrategy) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{12}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BlueGreenStrategy) GetPreview() *HeaderRoute {
@@ -1253,7 +1376,7 @@ type RollingStrategy struct {
 
 func (x *RollingStrategy) Reset() {
 	*x = RollingStrategy{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1265,7 +1388,7 @@ func (x *RollingStrategy) String() string {
 func (*RollingStrategy) ProtoMessage() {}
 
 func (x *RollingStrategy) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[13]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1278,7 +1401,7 @@ func (x *RollingStrategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollingStrategy.ProtoReflect.Descriptor instead.
 func (*RollingStrategy) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{13}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RollingStrategy) GetMaxUnavailable() string {
@@ -1327,7 +1450,7 @@ type CanaryStrategy struct {
 
 func (x *CanaryStrategy) Reset() {
 	*x = CanaryStrategy{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1462,7 @@ func (x *CanaryStrategy) String() string {
 func (*CanaryStrategy) ProtoMessage() {}
 
 func (x *CanaryStrategy) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[14]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1475,7 @@ func (x *CanaryStrategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanaryStrategy.ProtoReflect.Descriptor instead.
 func (*CanaryStrategy) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{14}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CanaryStrategy) GetSteps() []*CanaryStep {
@@ -1396,7 +1519,7 @@ type CanaryStep struct {
 
 func (x *CanaryStep) Reset() {
 	*x = CanaryStep{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1531,7 @@ func (x *CanaryStep) String() string {
 func (*CanaryStep) ProtoMessage() {}
 
 func (x *CanaryStep) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[15]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1544,7 @@ func (x *CanaryStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanaryStep.ProtoReflect.Descriptor instead.
 func (*CanaryStep) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{15}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CanaryStep) GetStep() isCanaryStep_Step {
@@ -1518,7 +1641,7 @@ type Pause struct {
 
 func (x *Pause) Reset() {
 	*x = Pause{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1530,7 +1653,7 @@ func (x *Pause) String() string {
 func (*Pause) ProtoMessage() {}
 
 func (x *Pause) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[16]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1543,7 +1666,7 @@ func (x *Pause) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pause.ProtoReflect.Descriptor instead.
 func (*Pause) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{16}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Pause) GetDuration() *durationpb.Duration {
@@ -1569,7 +1692,7 @@ type Match struct {
 
 func (x *Match) Reset() {
 	*x = Match{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1581,7 +1704,7 @@ func (x *Match) String() string {
 func (*Match) ProtoMessage() {}
 
 func (x *Match) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[17]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1594,7 +1717,7 @@ func (x *Match) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Match.ProtoReflect.Descriptor instead.
 func (*Match) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{17}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Match) GetSource() isMatch_Source {
@@ -1660,7 +1783,7 @@ type HeaderRoute struct {
 
 func (x *HeaderRoute) Reset() {
 	*x = HeaderRoute{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1795,7 @@ func (x *HeaderRoute) String() string {
 func (*HeaderRoute) ProtoMessage() {}
 
 func (x *HeaderRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[18]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1808,7 @@ func (x *HeaderRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderRoute.ProtoReflect.Descriptor instead.
 func (*HeaderRoute) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{18}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HeaderRoute) GetName() string {
@@ -1758,7 +1881,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +1893,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[19]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +1906,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{19}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Backend) GetRevision() string {
@@ -1846,7 +1969,7 @@ type RolloutStatus struct {
 
 func (x *RolloutStatus) Reset() {
 	*x = RolloutStatus{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +1981,7 @@ func (x *RolloutStatus) String() string {
 func (*RolloutStatus) ProtoMessage() {}
 
 func (x *RolloutStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[20]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +1994,7 @@ func (x *RolloutStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStatus.ProtoReflect.Descriptor instead.
 func (*RolloutStatus) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{20}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RolloutStatus) GetPhase() Phase {
@@ -2025,7 +2148,7 @@ type AnalysisRunStatus struct {
 
 func (x *AnalysisRunStatus) Reset() {
 	*x = AnalysisRunStatus{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2037,7 +2160,7 @@ func (x *AnalysisRunStatus) String() string {
 func (*AnalysisRunStatus) ProtoMessage() {}
 
 func (x *AnalysisRunStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[21]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2050,7 +2173,7 @@ func (x *AnalysisRunStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnalysisRunStatus.ProtoReflect.Descriptor instead.
 func (*AnalysisRunStatus) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{21}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AnalysisRunStatus) GetId() string {
@@ -2136,7 +2259,7 @@ type MetricResult struct {
 
 func (x *MetricResult) Reset() {
 	*x = MetricResult{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2148,7 +2271,7 @@ func (x *MetricResult) String() string {
 func (*MetricResult) ProtoMessage() {}
 
 func (x *MetricResult) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[22]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2161,7 +2284,7 @@ func (x *MetricResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricResult.ProtoReflect.Descriptor instead.
 func (*MetricResult) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{22}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *MetricResult) GetName() string {
@@ -2252,7 +2375,7 @@ type Measurement struct {
 
 func (x *Measurement) Reset() {
 	*x = Measurement{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2264,7 +2387,7 @@ func (x *Measurement) String() string {
 func (*Measurement) ProtoMessage() {}
 
 func (x *Measurement) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[23]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2277,7 +2400,7 @@ func (x *Measurement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Measurement.ProtoReflect.Descriptor instead.
 func (*Measurement) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{23}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Measurement) GetMetric() string {
@@ -2353,7 +2476,7 @@ type AnalysisRun struct {
 
 func (x *AnalysisRun) Reset() {
 	*x = AnalysisRun{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2365,7 +2488,7 @@ func (x *AnalysisRun) String() string {
 func (*AnalysisRun) ProtoMessage() {}
 
 func (x *AnalysisRun) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[24]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2378,7 +2501,7 @@ func (x *AnalysisRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnalysisRun.ProtoReflect.Descriptor instead.
 func (*AnalysisRun) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{24}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AnalysisRun) GetRolloutId() string {
@@ -2422,7 +2545,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2434,7 +2557,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[25]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2447,7 +2570,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{25}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Rollout) GetSpec() *RolloutSpec {
@@ -2475,7 +2598,7 @@ type CreateRolloutRequest struct {
 
 func (x *CreateRolloutRequest) Reset() {
 	*x = CreateRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2487,7 +2610,7 @@ func (x *CreateRolloutRequest) String() string {
 func (*CreateRolloutRequest) ProtoMessage() {}
 
 func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[26]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2500,7 +2623,7 @@ func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CreateRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{26}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CreateRolloutRequest) GetSpec() *RolloutSpec {
@@ -2523,7 +2646,7 @@ type CreateRolloutResponse struct {
 
 func (x *CreateRolloutResponse) Reset() {
 	*x = CreateRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2535,7 +2658,7 @@ func (x *CreateRolloutResponse) String() string {
 func (*CreateRolloutResponse) ProtoMessage() {}
 
 func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[27]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2548,7 +2671,7 @@ func (x *CreateRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutResponse.ProtoReflect.Descriptor instead.
 func (*CreateRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{27}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CreateRolloutResponse) GetRollout() *Rollout {
@@ -2576,7 +2699,7 @@ type GetRolloutRequest struct {
 
 func (x *GetRolloutRequest) Reset() {
 	*x = GetRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2588,7 +2711,7 @@ func (x *GetRolloutRequest) String() string {
 func (*GetRolloutRequest) ProtoMessage() {}
 
 func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[28]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2601,7 +2724,7 @@ func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{28}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetRolloutRequest) GetId() string {
@@ -2622,7 +2745,7 @@ type GetRolloutResponse struct {
 
 func (x *GetRolloutResponse) Reset() {
 	*x = GetRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2634,7 +2757,7 @@ func (x *GetRolloutResponse) String() string {
 func (*GetRolloutResponse) ProtoMessage() {}
 
 func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[29]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2647,7 +2770,7 @@ func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
 func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{29}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetRolloutResponse) GetRollout() *Rollout {
@@ -2674,7 +2797,7 @@ type ListRolloutsRequest struct {
 
 func (x *ListRolloutsRequest) Reset() {
 	*x = ListRolloutsRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2686,7 +2809,7 @@ func (x *ListRolloutsRequest) String() string {
 func (*ListRolloutsRequest) ProtoMessage() {}
 
 func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[30]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2699,7 +2822,7 @@ func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{30}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListRolloutsRequest) GetService() string {
@@ -2743,7 +2866,7 @@ type ListRolloutsResponse struct {
 
 func (x *ListRolloutsResponse) Reset() {
 	*x = ListRolloutsResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2755,7 +2878,7 @@ func (x *ListRolloutsResponse) String() string {
 func (*ListRolloutsResponse) ProtoMessage() {}
 
 func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[31]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2768,7 +2891,7 @@ func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{31}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
@@ -2796,7 +2919,7 @@ type WatchRolloutRequest struct {
 
 func (x *WatchRolloutRequest) Reset() {
 	*x = WatchRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2808,7 +2931,7 @@ func (x *WatchRolloutRequest) String() string {
 func (*WatchRolloutRequest) ProtoMessage() {}
 
 func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[32]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2821,7 +2944,7 @@ func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutRequest.ProtoReflect.Descriptor instead.
 func (*WatchRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{32}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WatchRolloutRequest) GetId() string {
@@ -2842,7 +2965,7 @@ type WatchRolloutResponse struct {
 
 func (x *WatchRolloutResponse) Reset() {
 	*x = WatchRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2854,7 +2977,7 @@ func (x *WatchRolloutResponse) String() string {
 func (*WatchRolloutResponse) ProtoMessage() {}
 
 func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[33]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2867,7 +2990,7 @@ func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutResponse.ProtoReflect.Descriptor instead.
 func (*WatchRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{33}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WatchRolloutResponse) GetRollout() *Rollout {
@@ -2890,7 +3013,7 @@ type PauseRolloutRequest struct {
 
 func (x *PauseRolloutRequest) Reset() {
 	*x = PauseRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2902,7 +3025,7 @@ func (x *PauseRolloutRequest) String() string {
 func (*PauseRolloutRequest) ProtoMessage() {}
 
 func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[34]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2915,7 +3038,7 @@ func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PauseRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{34}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PauseRolloutRequest) GetId() string {
@@ -2943,7 +3066,7 @@ type PauseRolloutResponse struct {
 
 func (x *PauseRolloutResponse) Reset() {
 	*x = PauseRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2955,7 +3078,7 @@ func (x *PauseRolloutResponse) String() string {
 func (*PauseRolloutResponse) ProtoMessage() {}
 
 func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[35]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2968,7 +3091,7 @@ func (x *PauseRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PauseRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{35}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PauseRolloutResponse) GetRollout() *Rollout {
@@ -2991,7 +3114,7 @@ type ResumeRolloutRequest struct {
 
 func (x *ResumeRolloutRequest) Reset() {
 	*x = ResumeRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3003,7 +3126,7 @@ func (x *ResumeRolloutRequest) String() string {
 func (*ResumeRolloutRequest) ProtoMessage() {}
 
 func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[36]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3016,7 +3139,7 @@ func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{36}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ResumeRolloutRequest) GetId() string {
@@ -3044,7 +3167,7 @@ type ResumeRolloutResponse struct {
 
 func (x *ResumeRolloutResponse) Reset() {
 	*x = ResumeRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3056,7 +3179,7 @@ func (x *ResumeRolloutResponse) String() string {
 func (*ResumeRolloutResponse) ProtoMessage() {}
 
 func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[37]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3069,7 +3192,7 @@ func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutResponse.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{37}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ResumeRolloutResponse) GetRollout() *Rollout {
@@ -3094,7 +3217,7 @@ type PromoteRolloutRequest struct {
 
 func (x *PromoteRolloutRequest) Reset() {
 	*x = PromoteRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3106,7 +3229,7 @@ func (x *PromoteRolloutRequest) String() string {
 func (*PromoteRolloutRequest) ProtoMessage() {}
 
 func (x *PromoteRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[38]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3119,7 +3242,7 @@ func (x *PromoteRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{38}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PromoteRolloutRequest) GetId() string {
@@ -3154,7 +3277,7 @@ type PromoteRolloutResponse struct {
 
 func (x *PromoteRolloutResponse) Reset() {
 	*x = PromoteRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3166,7 +3289,7 @@ func (x *PromoteRolloutResponse) String() string {
 func (*PromoteRolloutResponse) ProtoMessage() {}
 
 func (x *PromoteRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[39]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3179,7 +3302,7 @@ func (x *PromoteRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRolloutResponse.ProtoReflect.Descriptor instead.
 func (*PromoteRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{39}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PromoteRolloutResponse) GetRollout() *Rollout {
@@ -3204,7 +3327,7 @@ type AbortRolloutRequest struct {
 
 func (x *AbortRolloutRequest) Reset() {
 	*x = AbortRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3216,7 +3339,7 @@ func (x *AbortRolloutRequest) String() string {
 func (*AbortRolloutRequest) ProtoMessage() {}
 
 func (x *AbortRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[40]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3229,7 +3352,7 @@ func (x *AbortRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRolloutRequest.ProtoReflect.Descriptor instead.
 func (*AbortRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{40}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *AbortRolloutRequest) GetId() string {
@@ -3264,7 +3387,7 @@ type AbortRolloutResponse struct {
 
 func (x *AbortRolloutResponse) Reset() {
 	*x = AbortRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3276,7 +3399,7 @@ func (x *AbortRolloutResponse) String() string {
 func (*AbortRolloutResponse) ProtoMessage() {}
 
 func (x *AbortRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[41]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3289,7 +3412,7 @@ func (x *AbortRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRolloutResponse.ProtoReflect.Descriptor instead.
 func (*AbortRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{41}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *AbortRolloutResponse) GetRollout() *Rollout {
@@ -3310,7 +3433,7 @@ type ListAnalysisRunsRequest struct {
 
 func (x *ListAnalysisRunsRequest) Reset() {
 	*x = ListAnalysisRunsRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3322,7 +3445,7 @@ func (x *ListAnalysisRunsRequest) String() string {
 func (*ListAnalysisRunsRequest) ProtoMessage() {}
 
 func (x *ListAnalysisRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[42]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3335,7 +3458,7 @@ func (x *ListAnalysisRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAnalysisRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListAnalysisRunsRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{42}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListAnalysisRunsRequest) GetRolloutId() string {
@@ -3356,7 +3479,7 @@ type ListAnalysisRunsResponse struct {
 
 func (x *ListAnalysisRunsResponse) Reset() {
 	*x = ListAnalysisRunsResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[43]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3368,7 +3491,7 @@ func (x *ListAnalysisRunsResponse) String() string {
 func (*ListAnalysisRunsResponse) ProtoMessage() {}
 
 func (x *ListAnalysisRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[43]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3381,7 +3504,7 @@ func (x *ListAnalysisRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAnalysisRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListAnalysisRunsResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{43}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListAnalysisRunsResponse) GetRuns() []*AnalysisRun {
@@ -3402,7 +3525,7 @@ type GetAnalysisRunRequest struct {
 
 func (x *GetAnalysisRunRequest) Reset() {
 	*x = GetAnalysisRunRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[44]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3414,7 +3537,7 @@ func (x *GetAnalysisRunRequest) String() string {
 func (*GetAnalysisRunRequest) ProtoMessage() {}
 
 func (x *GetAnalysisRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[44]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3427,7 +3550,7 @@ func (x *GetAnalysisRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAnalysisRunRequest.ProtoReflect.Descriptor instead.
 func (*GetAnalysisRunRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{44}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetAnalysisRunRequest) GetId() string {
@@ -3448,7 +3571,7 @@ type GetAnalysisRunResponse struct {
 
 func (x *GetAnalysisRunResponse) Reset() {
 	*x = GetAnalysisRunResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[45]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3460,7 +3583,7 @@ func (x *GetAnalysisRunResponse) String() string {
 func (*GetAnalysisRunResponse) ProtoMessage() {}
 
 func (x *GetAnalysisRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[45]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3473,7 +3596,7 @@ func (x *GetAnalysisRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAnalysisRunResponse.ProtoReflect.Descriptor instead.
 func (*GetAnalysisRunResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{45}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetAnalysisRunResponse) GetRun() *AnalysisRun {
@@ -3510,7 +3633,7 @@ type RevisionEntry struct {
 
 func (x *RevisionEntry) Reset() {
 	*x = RevisionEntry{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[46]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3522,7 +3645,7 @@ func (x *RevisionEntry) String() string {
 func (*RevisionEntry) ProtoMessage() {}
 
 func (x *RevisionEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[46]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3535,7 +3658,7 @@ func (x *RevisionEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevisionEntry.ProtoReflect.Descriptor instead.
 func (*RevisionEntry) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{46}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RevisionEntry) GetNumber() int32 {
@@ -3612,7 +3735,7 @@ type ListRevisionsRequest struct {
 
 func (x *ListRevisionsRequest) Reset() {
 	*x = ListRevisionsRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[47]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3624,7 +3747,7 @@ func (x *ListRevisionsRequest) String() string {
 func (*ListRevisionsRequest) ProtoMessage() {}
 
 func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[47]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3637,7 +3760,7 @@ func (x *ListRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{47}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListRevisionsRequest) GetService() string {
@@ -3664,7 +3787,7 @@ type ListRevisionsResponse struct {
 
 func (x *ListRevisionsResponse) Reset() {
 	*x = ListRevisionsResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[48]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3676,7 +3799,7 @@ func (x *ListRevisionsResponse) String() string {
 func (*ListRevisionsResponse) ProtoMessage() {}
 
 func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[48]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3689,7 +3812,7 @@ func (x *ListRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{48}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListRevisionsResponse) GetEntries() []*RevisionEntry {
@@ -3732,7 +3855,7 @@ type UndoRolloutRequest struct {
 
 func (x *UndoRolloutRequest) Reset() {
 	*x = UndoRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[49]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3744,7 +3867,7 @@ func (x *UndoRolloutRequest) String() string {
 func (*UndoRolloutRequest) ProtoMessage() {}
 
 func (x *UndoRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[49]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3757,7 +3880,7 @@ func (x *UndoRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndoRolloutRequest.ProtoReflect.Descriptor instead.
 func (*UndoRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{49}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *UndoRolloutRequest) GetService() string {
@@ -3801,7 +3924,7 @@ type UndoRolloutResponse struct {
 
 func (x *UndoRolloutResponse) Reset() {
 	*x = UndoRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[50]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3813,7 +3936,7 @@ func (x *UndoRolloutResponse) String() string {
 func (*UndoRolloutResponse) ProtoMessage() {}
 
 func (x *UndoRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[50]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3826,7 +3949,7 @@ func (x *UndoRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndoRolloutResponse.ProtoReflect.Descriptor instead.
 func (*UndoRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{50}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *UndoRolloutResponse) GetRollout() *Rollout {
@@ -3856,7 +3979,7 @@ type RetryRolloutRequest struct {
 
 func (x *RetryRolloutRequest) Reset() {
 	*x = RetryRolloutRequest{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[51]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3868,7 +3991,7 @@ func (x *RetryRolloutRequest) String() string {
 func (*RetryRolloutRequest) ProtoMessage() {}
 
 func (x *RetryRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[51]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3881,7 +4004,7 @@ func (x *RetryRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryRolloutRequest.ProtoReflect.Descriptor instead.
 func (*RetryRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{51}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RetryRolloutRequest) GetId() string {
@@ -3909,7 +4032,7 @@ type RetryRolloutResponse struct {
 
 func (x *RetryRolloutResponse) Reset() {
 	*x = RetryRolloutResponse{}
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[52]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3921,7 +4044,7 @@ func (x *RetryRolloutResponse) String() string {
 func (*RetryRolloutResponse) ProtoMessage() {}
 
 func (x *RetryRolloutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[52]
+	mi := &file_sluice_rollout_v1_rollout_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3934,7 +4057,7 @@ func (x *RetryRolloutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryRolloutResponse.ProtoReflect.Descriptor instead.
 func (*RetryRolloutResponse) Descriptor() ([]byte, []int) {
-	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{52}
+	return file_sluice_rollout_v1_rollout_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RetryRolloutResponse) GetRollout() *Rollout {
@@ -3948,15 +4071,15 @@ var File_sluice_rollout_v1_rollout_proto protoreflect.FileDescriptor
 
 const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\n" +
-	"\x1fsluice/rollout/v1/rollout.proto\x12\x11sluice.rollout.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\a\n" +
+	"\x1fsluice/rollout/v1/rollout.proto\x12\x11sluice.rollout.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\b\n" +
 	"\vRolloutSpec\x12:\n" +
 	"\x02id\x18\x01 \x01(\tB*\xbaH'r%\x10\x01\x18?2\x1f^[a-z0-9]([a-z0-9-]*[a-z0-9])?$R\x02id\x12D\n" +
 	"\aservice\x18\x02 \x01(\tB*\xbaH'r%\x10\x01\x18?2\x1f^[a-z0-9]([a-z0-9-]*[a-z0-9])?$R\aservice\x12R\n" +
-	"\bselector\x18\x03 \x03(\v2,.sluice.rollout.v1.RolloutSpec.SelectorEntryB\b\xbaH\x05\x9a\x01\x02\x10 R\bselector\x12\xfc\x01\n" +
-	"\x0fstable_revision\x18\x04 \x01(\tB\xd2\x01\xbaH\xce\x01\xba\x01\xca\x01\n" +
-	"\x12revision.immutable\x12umust be an immutable revision name@sha256:<64 lower-case hex>; tags such as app:latest or app:v2 move and are refused\x1a=this.matches('^[^@:]+(:[0-9]+/[^@:]+)?@sha256:[0-9a-f]{64}$')R\x0estableRevision\x12\x82\x02\n" +
-	"\x12candidate_revision\x18\x05 \x01(\tB\xd2\x01\xbaH\xce\x01\xba\x01\xca\x01\n" +
-	"\x12revision.immutable\x12umust be an immutable revision name@sha256:<64 lower-case hex>; tags such as app:latest or app:v2 move and are refused\x1a=this.matches('^[^@:]+(:[0-9]+/[^@:]+)?@sha256:[0-9a-f]{64}$')R\x11candidateRevision\x12?\n" +
+	"\bselector\x18\x03 \x03(\v2,.sluice.rollout.v1.RolloutSpec.SelectorEntryB\b\xbaH\x05\x9a\x01\x02\x10 R\bselector\x12\xa6\x02\n" +
+	"\x0fstable_revision\x18\x04 \x01(\tB\xfc\x01\xbaH\xf8\x01\xba\x01\xf4\x01\n" +
+	"\x12revision.immutable\x12umust be an immutable revision name@sha256:<64 lower-case hex>; tags such as app:latest or app:v2 move and are refused\x1agthis == '' || this.startsWith('flag:') || this.matches('^[^@:]+(:[0-9]+/[^@:]+)?@sha256:[0-9a-f]{64}$')R\x0estableRevision\x12\xac\x02\n" +
+	"\x12candidate_revision\x18\x05 \x01(\tB\xfc\x01\xbaH\xf8\x01\xba\x01\xf4\x01\n" +
+	"\x12revision.immutable\x12umust be an immutable revision name@sha256:<64 lower-case hex>; tags such as app:latest or app:v2 move and are refused\x1agthis == '' || this.startsWith('flag:') || this.matches('^[^@:]+(:[0-9]+/[^@:]+)?@sha256:[0-9a-f]{64}$')R\x11candidateRevision\x12?\n" +
 	"\bstrategy\x18\x06 \x01(\v2\x1b.sluice.rollout.v1.StrategyB\x06\xbaH\x03\xc8\x01\x01R\bstrategy\x12'\n" +
 	"\n" +
 	"created_by\x18\a \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\tcreatedBy\x127\n" +
@@ -4023,13 +4146,23 @@ const file_sluice_rollout_v1_rollout_proto_rawDesc = "" +
 	"\xbaH\ar\x05\x10\x01\x18\x80@R\x05query\"v\n" +
 	"\fAnalysisStep\x12&\n" +
 	"\ttemplates\x18\x01 \x03(\tB\b\xbaH\x05\x92\x01\x02\b\x01R\ttemplates\x12>\n" +
-	"\x0fon_inconclusive\x18\x02 \x01(\tB\x15\xbaH\x12r\x10R\x00R\x05pauseR\x05retryR\x0eonInconclusive\"\xe1\x01\n" +
+	"\x0fon_inconclusive\x18\x02 \x01(\tB\x15\xbaH\x12r\x10R\x00R\x05pauseR\x05retryR\x0eonInconclusive\"\x98\x02\n" +
 	"\bStrategy\x12;\n" +
 	"\x06canary\x18\x01 \x01(\v2!.sluice.rollout.v1.CanaryStrategyH\x00R\x06canary\x12E\n" +
 	"\n" +
 	"blue_green\x18\x02 \x01(\v2$.sluice.rollout.v1.BlueGreenStrategyH\x00R\tblueGreen\x12>\n" +
-	"\arolling\x18\x03 \x01(\v2\".sluice.rollout.v1.RollingStrategyH\x00R\arollingB\x11\n" +
-	"\bstrategy\x12\x05\xbaH\x02\b\x01\"\x96\x04\n" +
+	"\arolling\x18\x03 \x01(\v2\".sluice.rollout.v1.RollingStrategyH\x00R\arolling\x125\n" +
+	"\x04flag\x18\x04 \x01(\v2\x1f.sluice.rollout.v1.FlagStrategyH\x00R\x04flagB\x11\n" +
+	"\bstrategy\x12\x05\xbaH\x02\b\x01\"\xe3\x02\n" +
+	"\fFlagStrategy\x12L\n" +
+	"\venvironment\x18\x01 \x01(\tB*\xbaH'r%\x10\x01\x18?2\x1f^[a-z0-9]([a-z0-9-]*[a-z0-9])?$R\venvironment\x12%\n" +
+	"\bflag_key\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01(\x80\x02R\aflagKey\x12$\n" +
+	"\avariant\x18\x03 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01(\x80\x02R\avariant\x121\n" +
+	"\x0fcontrol_variant\x18\x04 \x01(\tB\b\xbaH\x05r\x03(\x80\x02R\x0econtrolVariant\x12=\n" +
+	"\x05steps\x18\x05 \x03(\v2\x1d.sluice.rollout.v1.CanaryStepB\b\xbaH\x05\x92\x01\x02\x10dR\x05steps\x12F\n" +
+	"\x11progress_deadline\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x10progressDeadline\"\x96\x04\n" +
 	"\x11BlueGreenStrategy\x128\n" +
 	"\apreview\x18\x01 \x01(\v2\x1e.sluice.rollout.v1.HeaderRouteR\apreview\x12*\n" +
 	"\x0eauto_promotion\x18\x02 \x01(\bH\x00R\rautoPromotion\x88\x01\x01\x12K\n" +
@@ -4280,7 +4413,7 @@ func file_sluice_rollout_v1_rollout_proto_rawDescGZIP() []byte {
 }
 
 var file_sluice_rollout_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sluice_rollout_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_sluice_rollout_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_sluice_rollout_v1_rollout_proto_goTypes = []any{
 	(Phase)(0),                       // 0: sluice.rollout.v1.Phase
 	(RunPhase)(0),                    // 1: sluice.rollout.v1.RunPhase
@@ -4296,158 +4429,162 @@ var file_sluice_rollout_v1_rollout_proto_goTypes = []any{
 	(*PrometheusMetric)(nil),         // 11: sluice.rollout.v1.PrometheusMetric
 	(*AnalysisStep)(nil),             // 12: sluice.rollout.v1.AnalysisStep
 	(*Strategy)(nil),                 // 13: sluice.rollout.v1.Strategy
-	(*BlueGreenStrategy)(nil),        // 14: sluice.rollout.v1.BlueGreenStrategy
-	(*RollingStrategy)(nil),          // 15: sluice.rollout.v1.RollingStrategy
-	(*CanaryStrategy)(nil),           // 16: sluice.rollout.v1.CanaryStrategy
-	(*CanaryStep)(nil),               // 17: sluice.rollout.v1.CanaryStep
-	(*Pause)(nil),                    // 18: sluice.rollout.v1.Pause
-	(*Match)(nil),                    // 19: sluice.rollout.v1.Match
-	(*HeaderRoute)(nil),              // 20: sluice.rollout.v1.HeaderRoute
-	(*Backend)(nil),                  // 21: sluice.rollout.v1.Backend
-	(*RolloutStatus)(nil),            // 22: sluice.rollout.v1.RolloutStatus
-	(*AnalysisRunStatus)(nil),        // 23: sluice.rollout.v1.AnalysisRunStatus
-	(*MetricResult)(nil),             // 24: sluice.rollout.v1.MetricResult
-	(*Measurement)(nil),              // 25: sluice.rollout.v1.Measurement
-	(*AnalysisRun)(nil),              // 26: sluice.rollout.v1.AnalysisRun
-	(*Rollout)(nil),                  // 27: sluice.rollout.v1.Rollout
-	(*CreateRolloutRequest)(nil),     // 28: sluice.rollout.v1.CreateRolloutRequest
-	(*CreateRolloutResponse)(nil),    // 29: sluice.rollout.v1.CreateRolloutResponse
-	(*GetRolloutRequest)(nil),        // 30: sluice.rollout.v1.GetRolloutRequest
-	(*GetRolloutResponse)(nil),       // 31: sluice.rollout.v1.GetRolloutResponse
-	(*ListRolloutsRequest)(nil),      // 32: sluice.rollout.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),     // 33: sluice.rollout.v1.ListRolloutsResponse
-	(*WatchRolloutRequest)(nil),      // 34: sluice.rollout.v1.WatchRolloutRequest
-	(*WatchRolloutResponse)(nil),     // 35: sluice.rollout.v1.WatchRolloutResponse
-	(*PauseRolloutRequest)(nil),      // 36: sluice.rollout.v1.PauseRolloutRequest
-	(*PauseRolloutResponse)(nil),     // 37: sluice.rollout.v1.PauseRolloutResponse
-	(*ResumeRolloutRequest)(nil),     // 38: sluice.rollout.v1.ResumeRolloutRequest
-	(*ResumeRolloutResponse)(nil),    // 39: sluice.rollout.v1.ResumeRolloutResponse
-	(*PromoteRolloutRequest)(nil),    // 40: sluice.rollout.v1.PromoteRolloutRequest
-	(*PromoteRolloutResponse)(nil),   // 41: sluice.rollout.v1.PromoteRolloutResponse
-	(*AbortRolloutRequest)(nil),      // 42: sluice.rollout.v1.AbortRolloutRequest
-	(*AbortRolloutResponse)(nil),     // 43: sluice.rollout.v1.AbortRolloutResponse
-	(*ListAnalysisRunsRequest)(nil),  // 44: sluice.rollout.v1.ListAnalysisRunsRequest
-	(*ListAnalysisRunsResponse)(nil), // 45: sluice.rollout.v1.ListAnalysisRunsResponse
-	(*GetAnalysisRunRequest)(nil),    // 46: sluice.rollout.v1.GetAnalysisRunRequest
-	(*GetAnalysisRunResponse)(nil),   // 47: sluice.rollout.v1.GetAnalysisRunResponse
-	(*RevisionEntry)(nil),            // 48: sluice.rollout.v1.RevisionEntry
-	(*ListRevisionsRequest)(nil),     // 49: sluice.rollout.v1.ListRevisionsRequest
-	(*ListRevisionsResponse)(nil),    // 50: sluice.rollout.v1.ListRevisionsResponse
-	(*UndoRolloutRequest)(nil),       // 51: sluice.rollout.v1.UndoRolloutRequest
-	(*UndoRolloutResponse)(nil),      // 52: sluice.rollout.v1.UndoRolloutResponse
-	(*RetryRolloutRequest)(nil),      // 53: sluice.rollout.v1.RetryRolloutRequest
-	(*RetryRolloutResponse)(nil),     // 54: sluice.rollout.v1.RetryRolloutResponse
-	nil,                              // 55: sluice.rollout.v1.RolloutSpec.SelectorEntry
-	(*durationpb.Duration)(nil),      // 56: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 57: google.protobuf.Timestamp
+	(*FlagStrategy)(nil),             // 14: sluice.rollout.v1.FlagStrategy
+	(*BlueGreenStrategy)(nil),        // 15: sluice.rollout.v1.BlueGreenStrategy
+	(*RollingStrategy)(nil),          // 16: sluice.rollout.v1.RollingStrategy
+	(*CanaryStrategy)(nil),           // 17: sluice.rollout.v1.CanaryStrategy
+	(*CanaryStep)(nil),               // 18: sluice.rollout.v1.CanaryStep
+	(*Pause)(nil),                    // 19: sluice.rollout.v1.Pause
+	(*Match)(nil),                    // 20: sluice.rollout.v1.Match
+	(*HeaderRoute)(nil),              // 21: sluice.rollout.v1.HeaderRoute
+	(*Backend)(nil),                  // 22: sluice.rollout.v1.Backend
+	(*RolloutStatus)(nil),            // 23: sluice.rollout.v1.RolloutStatus
+	(*AnalysisRunStatus)(nil),        // 24: sluice.rollout.v1.AnalysisRunStatus
+	(*MetricResult)(nil),             // 25: sluice.rollout.v1.MetricResult
+	(*Measurement)(nil),              // 26: sluice.rollout.v1.Measurement
+	(*AnalysisRun)(nil),              // 27: sluice.rollout.v1.AnalysisRun
+	(*Rollout)(nil),                  // 28: sluice.rollout.v1.Rollout
+	(*CreateRolloutRequest)(nil),     // 29: sluice.rollout.v1.CreateRolloutRequest
+	(*CreateRolloutResponse)(nil),    // 30: sluice.rollout.v1.CreateRolloutResponse
+	(*GetRolloutRequest)(nil),        // 31: sluice.rollout.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),       // 32: sluice.rollout.v1.GetRolloutResponse
+	(*ListRolloutsRequest)(nil),      // 33: sluice.rollout.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),     // 34: sluice.rollout.v1.ListRolloutsResponse
+	(*WatchRolloutRequest)(nil),      // 35: sluice.rollout.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),     // 36: sluice.rollout.v1.WatchRolloutResponse
+	(*PauseRolloutRequest)(nil),      // 37: sluice.rollout.v1.PauseRolloutRequest
+	(*PauseRolloutResponse)(nil),     // 38: sluice.rollout.v1.PauseRolloutResponse
+	(*ResumeRolloutRequest)(nil),     // 39: sluice.rollout.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),    // 40: sluice.rollout.v1.ResumeRolloutResponse
+	(*PromoteRolloutRequest)(nil),    // 41: sluice.rollout.v1.PromoteRolloutRequest
+	(*PromoteRolloutResponse)(nil),   // 42: sluice.rollout.v1.PromoteRolloutResponse
+	(*AbortRolloutRequest)(nil),      // 43: sluice.rollout.v1.AbortRolloutRequest
+	(*AbortRolloutResponse)(nil),     // 44: sluice.rollout.v1.AbortRolloutResponse
+	(*ListAnalysisRunsRequest)(nil),  // 45: sluice.rollout.v1.ListAnalysisRunsRequest
+	(*ListAnalysisRunsResponse)(nil), // 46: sluice.rollout.v1.ListAnalysisRunsResponse
+	(*GetAnalysisRunRequest)(nil),    // 47: sluice.rollout.v1.GetAnalysisRunRequest
+	(*GetAnalysisRunResponse)(nil),   // 48: sluice.rollout.v1.GetAnalysisRunResponse
+	(*RevisionEntry)(nil),            // 49: sluice.rollout.v1.RevisionEntry
+	(*ListRevisionsRequest)(nil),     // 50: sluice.rollout.v1.ListRevisionsRequest
+	(*ListRevisionsResponse)(nil),    // 51: sluice.rollout.v1.ListRevisionsResponse
+	(*UndoRolloutRequest)(nil),       // 52: sluice.rollout.v1.UndoRolloutRequest
+	(*UndoRolloutResponse)(nil),      // 53: sluice.rollout.v1.UndoRolloutResponse
+	(*RetryRolloutRequest)(nil),      // 54: sluice.rollout.v1.RetryRolloutRequest
+	(*RetryRolloutResponse)(nil),     // 55: sluice.rollout.v1.RetryRolloutResponse
+	nil,                              // 56: sluice.rollout.v1.RolloutSpec.SelectorEntry
+	(*durationpb.Duration)(nil),      // 57: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 58: google.protobuf.Timestamp
 }
 var file_sluice_rollout_v1_rollout_proto_depIdxs = []int32{
-	55, // 0: sluice.rollout.v1.RolloutSpec.selector:type_name -> sluice.rollout.v1.RolloutSpec.SelectorEntry
+	56, // 0: sluice.rollout.v1.RolloutSpec.selector:type_name -> sluice.rollout.v1.RolloutSpec.SelectorEntry
 	13, // 1: sluice.rollout.v1.RolloutSpec.strategy:type_name -> sluice.rollout.v1.Strategy
 	3,  // 2: sluice.rollout.v1.RolloutSpec.analysis:type_name -> sluice.rollout.v1.Analysis
 	5,  // 3: sluice.rollout.v1.Analysis.templates:type_name -> sluice.rollout.v1.AnalysisTemplate
 	4,  // 4: sluice.rollout.v1.Analysis.background:type_name -> sluice.rollout.v1.BackgroundAnalysis
 	6,  // 5: sluice.rollout.v1.AnalysisTemplate.metrics:type_name -> sluice.rollout.v1.Metric
 	7,  // 6: sluice.rollout.v1.Metric.provider:type_name -> sluice.rollout.v1.MetricProvider
-	56, // 7: sluice.rollout.v1.Metric.interval:type_name -> google.protobuf.Duration
-	56, // 8: sluice.rollout.v1.Metric.window:type_name -> google.protobuf.Duration
-	56, // 9: sluice.rollout.v1.Metric.initial_delay:type_name -> google.protobuf.Duration
+	57, // 7: sluice.rollout.v1.Metric.interval:type_name -> google.protobuf.Duration
+	57, // 8: sluice.rollout.v1.Metric.window:type_name -> google.protobuf.Duration
+	57, // 9: sluice.rollout.v1.Metric.initial_delay:type_name -> google.protobuf.Duration
 	9,  // 10: sluice.rollout.v1.MetricProvider.builtin:type_name -> sluice.rollout.v1.BuiltinMetric
 	10, // 11: sluice.rollout.v1.MetricProvider.clickhouse:type_name -> sluice.rollout.v1.ClickHouseMetric
 	11, // 12: sluice.rollout.v1.MetricProvider.prometheus:type_name -> sluice.rollout.v1.PrometheusMetric
 	8,  // 13: sluice.rollout.v1.MetricProvider.judge:type_name -> sluice.rollout.v1.SequentialJudge
-	56, // 14: sluice.rollout.v1.SequentialJudge.baseline_window:type_name -> google.protobuf.Duration
-	16, // 15: sluice.rollout.v1.Strategy.canary:type_name -> sluice.rollout.v1.CanaryStrategy
-	14, // 16: sluice.rollout.v1.Strategy.blue_green:type_name -> sluice.rollout.v1.BlueGreenStrategy
-	15, // 17: sluice.rollout.v1.Strategy.rolling:type_name -> sluice.rollout.v1.RollingStrategy
-	20, // 18: sluice.rollout.v1.BlueGreenStrategy.preview:type_name -> sluice.rollout.v1.HeaderRoute
-	56, // 19: sluice.rollout.v1.BlueGreenStrategy.auto_promotion_delay:type_name -> google.protobuf.Duration
-	12, // 20: sluice.rollout.v1.BlueGreenStrategy.pre_promotion_analysis:type_name -> sluice.rollout.v1.AnalysisStep
-	12, // 21: sluice.rollout.v1.BlueGreenStrategy.post_promotion_analysis:type_name -> sluice.rollout.v1.AnalysisStep
-	56, // 22: sluice.rollout.v1.BlueGreenStrategy.scale_down_delay:type_name -> google.protobuf.Duration
-	56, // 23: sluice.rollout.v1.BlueGreenStrategy.progress_deadline:type_name -> google.protobuf.Duration
-	12, // 24: sluice.rollout.v1.RollingStrategy.analysis:type_name -> sluice.rollout.v1.AnalysisStep
-	56, // 25: sluice.rollout.v1.RollingStrategy.pause_between_batches:type_name -> google.protobuf.Duration
-	56, // 26: sluice.rollout.v1.RollingStrategy.progress_deadline:type_name -> google.protobuf.Duration
-	17, // 27: sluice.rollout.v1.CanaryStrategy.steps:type_name -> sluice.rollout.v1.CanaryStep
-	19, // 28: sluice.rollout.v1.CanaryStrategy.sticky:type_name -> sluice.rollout.v1.Match
-	56, // 29: sluice.rollout.v1.CanaryStrategy.progress_deadline:type_name -> google.protobuf.Duration
-	18, // 30: sluice.rollout.v1.CanaryStep.pause:type_name -> sluice.rollout.v1.Pause
-	20, // 31: sluice.rollout.v1.CanaryStep.set_header_route:type_name -> sluice.rollout.v1.HeaderRoute
-	12, // 32: sluice.rollout.v1.CanaryStep.analysis:type_name -> sluice.rollout.v1.AnalysisStep
-	56, // 33: sluice.rollout.v1.CanaryStep.progress_deadline:type_name -> google.protobuf.Duration
-	56, // 34: sluice.rollout.v1.Pause.duration:type_name -> google.protobuf.Duration
-	19, // 35: sluice.rollout.v1.HeaderRoute.match:type_name -> sluice.rollout.v1.Match
-	0,  // 36: sluice.rollout.v1.RolloutStatus.phase:type_name -> sluice.rollout.v1.Phase
-	20, // 37: sluice.rollout.v1.RolloutStatus.header_routes:type_name -> sluice.rollout.v1.HeaderRoute
-	57, // 38: sluice.rollout.v1.RolloutStatus.pause_until:type_name -> google.protobuf.Timestamp
-	57, // 39: sluice.rollout.v1.RolloutStatus.created_at:type_name -> google.protobuf.Timestamp
-	57, // 40: sluice.rollout.v1.RolloutStatus.updated_at:type_name -> google.protobuf.Timestamp
-	57, // 41: sluice.rollout.v1.RolloutStatus.finished_at:type_name -> google.protobuf.Timestamp
-	23, // 42: sluice.rollout.v1.RolloutStatus.analysis_runs:type_name -> sluice.rollout.v1.AnalysisRunStatus
-	56, // 43: sluice.rollout.v1.RolloutStatus.last_apply:type_name -> google.protobuf.Duration
-	1,  // 44: sluice.rollout.v1.AnalysisRunStatus.phase:type_name -> sluice.rollout.v1.RunPhase
-	57, // 45: sluice.rollout.v1.AnalysisRunStatus.started_at:type_name -> google.protobuf.Timestamp
-	57, // 46: sluice.rollout.v1.AnalysisRunStatus.finished_at:type_name -> google.protobuf.Timestamp
-	1,  // 47: sluice.rollout.v1.MetricResult.phase:type_name -> sluice.rollout.v1.RunPhase
-	1,  // 48: sluice.rollout.v1.Measurement.phase:type_name -> sluice.rollout.v1.RunPhase
-	57, // 49: sluice.rollout.v1.Measurement.start:type_name -> google.protobuf.Timestamp
-	57, // 50: sluice.rollout.v1.Measurement.end:type_name -> google.protobuf.Timestamp
-	23, // 51: sluice.rollout.v1.AnalysisRun.status:type_name -> sluice.rollout.v1.AnalysisRunStatus
-	24, // 52: sluice.rollout.v1.AnalysisRun.metrics:type_name -> sluice.rollout.v1.MetricResult
-	25, // 53: sluice.rollout.v1.AnalysisRun.measurements:type_name -> sluice.rollout.v1.Measurement
-	2,  // 54: sluice.rollout.v1.Rollout.spec:type_name -> sluice.rollout.v1.RolloutSpec
-	22, // 55: sluice.rollout.v1.Rollout.status:type_name -> sluice.rollout.v1.RolloutStatus
-	2,  // 56: sluice.rollout.v1.CreateRolloutRequest.spec:type_name -> sluice.rollout.v1.RolloutSpec
-	27, // 57: sluice.rollout.v1.CreateRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	27, // 58: sluice.rollout.v1.GetRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	0,  // 59: sluice.rollout.v1.ListRolloutsRequest.phase:type_name -> sluice.rollout.v1.Phase
-	27, // 60: sluice.rollout.v1.ListRolloutsResponse.rollouts:type_name -> sluice.rollout.v1.Rollout
-	27, // 61: sluice.rollout.v1.WatchRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	27, // 62: sluice.rollout.v1.PauseRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	27, // 63: sluice.rollout.v1.ResumeRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	27, // 64: sluice.rollout.v1.PromoteRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	27, // 65: sluice.rollout.v1.AbortRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	26, // 66: sluice.rollout.v1.ListAnalysisRunsResponse.runs:type_name -> sluice.rollout.v1.AnalysisRun
-	26, // 67: sluice.rollout.v1.GetAnalysisRunResponse.run:type_name -> sluice.rollout.v1.AnalysisRun
-	0,  // 68: sluice.rollout.v1.RevisionEntry.outcome:type_name -> sluice.rollout.v1.Phase
-	57, // 69: sluice.rollout.v1.RevisionEntry.started_at:type_name -> google.protobuf.Timestamp
-	57, // 70: sluice.rollout.v1.RevisionEntry.finished_at:type_name -> google.protobuf.Timestamp
-	48, // 71: sluice.rollout.v1.ListRevisionsResponse.entries:type_name -> sluice.rollout.v1.RevisionEntry
-	56, // 72: sluice.rollout.v1.UndoRolloutRequest.rollback_window:type_name -> google.protobuf.Duration
-	27, // 73: sluice.rollout.v1.UndoRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	27, // 74: sluice.rollout.v1.RetryRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
-	28, // 75: sluice.rollout.v1.RolloutService.CreateRollout:input_type -> sluice.rollout.v1.CreateRolloutRequest
-	30, // 76: sluice.rollout.v1.RolloutService.GetRollout:input_type -> sluice.rollout.v1.GetRolloutRequest
-	32, // 77: sluice.rollout.v1.RolloutService.ListRollouts:input_type -> sluice.rollout.v1.ListRolloutsRequest
-	34, // 78: sluice.rollout.v1.RolloutService.WatchRollout:input_type -> sluice.rollout.v1.WatchRolloutRequest
-	36, // 79: sluice.rollout.v1.RolloutService.PauseRollout:input_type -> sluice.rollout.v1.PauseRolloutRequest
-	38, // 80: sluice.rollout.v1.RolloutService.ResumeRollout:input_type -> sluice.rollout.v1.ResumeRolloutRequest
-	40, // 81: sluice.rollout.v1.RolloutService.PromoteRollout:input_type -> sluice.rollout.v1.PromoteRolloutRequest
-	42, // 82: sluice.rollout.v1.RolloutService.AbortRollout:input_type -> sluice.rollout.v1.AbortRolloutRequest
-	44, // 83: sluice.rollout.v1.RolloutService.ListAnalysisRuns:input_type -> sluice.rollout.v1.ListAnalysisRunsRequest
-	46, // 84: sluice.rollout.v1.RolloutService.GetAnalysisRun:input_type -> sluice.rollout.v1.GetAnalysisRunRequest
-	49, // 85: sluice.rollout.v1.RolloutService.ListRevisions:input_type -> sluice.rollout.v1.ListRevisionsRequest
-	51, // 86: sluice.rollout.v1.RolloutService.UndoRollout:input_type -> sluice.rollout.v1.UndoRolloutRequest
-	53, // 87: sluice.rollout.v1.RolloutService.RetryRollout:input_type -> sluice.rollout.v1.RetryRolloutRequest
-	29, // 88: sluice.rollout.v1.RolloutService.CreateRollout:output_type -> sluice.rollout.v1.CreateRolloutResponse
-	31, // 89: sluice.rollout.v1.RolloutService.GetRollout:output_type -> sluice.rollout.v1.GetRolloutResponse
-	33, // 90: sluice.rollout.v1.RolloutService.ListRollouts:output_type -> sluice.rollout.v1.ListRolloutsResponse
-	35, // 91: sluice.rollout.v1.RolloutService.WatchRollout:output_type -> sluice.rollout.v1.WatchRolloutResponse
-	37, // 92: sluice.rollout.v1.RolloutService.PauseRollout:output_type -> sluice.rollout.v1.PauseRolloutResponse
-	39, // 93: sluice.rollout.v1.RolloutService.ResumeRollout:output_type -> sluice.rollout.v1.ResumeRolloutResponse
-	41, // 94: sluice.rollout.v1.RolloutService.PromoteRollout:output_type -> sluice.rollout.v1.PromoteRolloutResponse
-	43, // 95: sluice.rollout.v1.RolloutService.AbortRollout:output_type -> sluice.rollout.v1.AbortRolloutResponse
-	45, // 96: sluice.rollout.v1.RolloutService.ListAnalysisRuns:output_type -> sluice.rollout.v1.ListAnalysisRunsResponse
-	47, // 97: sluice.rollout.v1.RolloutService.GetAnalysisRun:output_type -> sluice.rollout.v1.GetAnalysisRunResponse
-	50, // 98: sluice.rollout.v1.RolloutService.ListRevisions:output_type -> sluice.rollout.v1.ListRevisionsResponse
-	52, // 99: sluice.rollout.v1.RolloutService.UndoRollout:output_type -> sluice.rollout.v1.UndoRolloutResponse
-	54, // 100: sluice.rollout.v1.RolloutService.RetryRollout:output_type -> sluice.rollout.v1.RetryRolloutResponse
-	88, // [88:101] is the sub-list for method output_type
-	75, // [75:88] is the sub-list for method input_type
-	75, // [75:75] is the sub-list for extension type_name
-	75, // [75:75] is the sub-list for extension extendee
-	0,  // [0:75] is the sub-list for field type_name
+	57, // 14: sluice.rollout.v1.SequentialJudge.baseline_window:type_name -> google.protobuf.Duration
+	17, // 15: sluice.rollout.v1.Strategy.canary:type_name -> sluice.rollout.v1.CanaryStrategy
+	15, // 16: sluice.rollout.v1.Strategy.blue_green:type_name -> sluice.rollout.v1.BlueGreenStrategy
+	16, // 17: sluice.rollout.v1.Strategy.rolling:type_name -> sluice.rollout.v1.RollingStrategy
+	14, // 18: sluice.rollout.v1.Strategy.flag:type_name -> sluice.rollout.v1.FlagStrategy
+	18, // 19: sluice.rollout.v1.FlagStrategy.steps:type_name -> sluice.rollout.v1.CanaryStep
+	57, // 20: sluice.rollout.v1.FlagStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	21, // 21: sluice.rollout.v1.BlueGreenStrategy.preview:type_name -> sluice.rollout.v1.HeaderRoute
+	57, // 22: sluice.rollout.v1.BlueGreenStrategy.auto_promotion_delay:type_name -> google.protobuf.Duration
+	12, // 23: sluice.rollout.v1.BlueGreenStrategy.pre_promotion_analysis:type_name -> sluice.rollout.v1.AnalysisStep
+	12, // 24: sluice.rollout.v1.BlueGreenStrategy.post_promotion_analysis:type_name -> sluice.rollout.v1.AnalysisStep
+	57, // 25: sluice.rollout.v1.BlueGreenStrategy.scale_down_delay:type_name -> google.protobuf.Duration
+	57, // 26: sluice.rollout.v1.BlueGreenStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	12, // 27: sluice.rollout.v1.RollingStrategy.analysis:type_name -> sluice.rollout.v1.AnalysisStep
+	57, // 28: sluice.rollout.v1.RollingStrategy.pause_between_batches:type_name -> google.protobuf.Duration
+	57, // 29: sluice.rollout.v1.RollingStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	18, // 30: sluice.rollout.v1.CanaryStrategy.steps:type_name -> sluice.rollout.v1.CanaryStep
+	20, // 31: sluice.rollout.v1.CanaryStrategy.sticky:type_name -> sluice.rollout.v1.Match
+	57, // 32: sluice.rollout.v1.CanaryStrategy.progress_deadline:type_name -> google.protobuf.Duration
+	19, // 33: sluice.rollout.v1.CanaryStep.pause:type_name -> sluice.rollout.v1.Pause
+	21, // 34: sluice.rollout.v1.CanaryStep.set_header_route:type_name -> sluice.rollout.v1.HeaderRoute
+	12, // 35: sluice.rollout.v1.CanaryStep.analysis:type_name -> sluice.rollout.v1.AnalysisStep
+	57, // 36: sluice.rollout.v1.CanaryStep.progress_deadline:type_name -> google.protobuf.Duration
+	57, // 37: sluice.rollout.v1.Pause.duration:type_name -> google.protobuf.Duration
+	20, // 38: sluice.rollout.v1.HeaderRoute.match:type_name -> sluice.rollout.v1.Match
+	0,  // 39: sluice.rollout.v1.RolloutStatus.phase:type_name -> sluice.rollout.v1.Phase
+	21, // 40: sluice.rollout.v1.RolloutStatus.header_routes:type_name -> sluice.rollout.v1.HeaderRoute
+	58, // 41: sluice.rollout.v1.RolloutStatus.pause_until:type_name -> google.protobuf.Timestamp
+	58, // 42: sluice.rollout.v1.RolloutStatus.created_at:type_name -> google.protobuf.Timestamp
+	58, // 43: sluice.rollout.v1.RolloutStatus.updated_at:type_name -> google.protobuf.Timestamp
+	58, // 44: sluice.rollout.v1.RolloutStatus.finished_at:type_name -> google.protobuf.Timestamp
+	24, // 45: sluice.rollout.v1.RolloutStatus.analysis_runs:type_name -> sluice.rollout.v1.AnalysisRunStatus
+	57, // 46: sluice.rollout.v1.RolloutStatus.last_apply:type_name -> google.protobuf.Duration
+	1,  // 47: sluice.rollout.v1.AnalysisRunStatus.phase:type_name -> sluice.rollout.v1.RunPhase
+	58, // 48: sluice.rollout.v1.AnalysisRunStatus.started_at:type_name -> google.protobuf.Timestamp
+	58, // 49: sluice.rollout.v1.AnalysisRunStatus.finished_at:type_name -> google.protobuf.Timestamp
+	1,  // 50: sluice.rollout.v1.MetricResult.phase:type_name -> sluice.rollout.v1.RunPhase
+	1,  // 51: sluice.rollout.v1.Measurement.phase:type_name -> sluice.rollout.v1.RunPhase
+	58, // 52: sluice.rollout.v1.Measurement.start:type_name -> google.protobuf.Timestamp
+	58, // 53: sluice.rollout.v1.Measurement.end:type_name -> google.protobuf.Timestamp
+	24, // 54: sluice.rollout.v1.AnalysisRun.status:type_name -> sluice.rollout.v1.AnalysisRunStatus
+	25, // 55: sluice.rollout.v1.AnalysisRun.metrics:type_name -> sluice.rollout.v1.MetricResult
+	26, // 56: sluice.rollout.v1.AnalysisRun.measurements:type_name -> sluice.rollout.v1.Measurement
+	2,  // 57: sluice.rollout.v1.Rollout.spec:type_name -> sluice.rollout.v1.RolloutSpec
+	23, // 58: sluice.rollout.v1.Rollout.status:type_name -> sluice.rollout.v1.RolloutStatus
+	2,  // 59: sluice.rollout.v1.CreateRolloutRequest.spec:type_name -> sluice.rollout.v1.RolloutSpec
+	28, // 60: sluice.rollout.v1.CreateRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	28, // 61: sluice.rollout.v1.GetRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	0,  // 62: sluice.rollout.v1.ListRolloutsRequest.phase:type_name -> sluice.rollout.v1.Phase
+	28, // 63: sluice.rollout.v1.ListRolloutsResponse.rollouts:type_name -> sluice.rollout.v1.Rollout
+	28, // 64: sluice.rollout.v1.WatchRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	28, // 65: sluice.rollout.v1.PauseRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	28, // 66: sluice.rollout.v1.ResumeRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	28, // 67: sluice.rollout.v1.PromoteRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	28, // 68: sluice.rollout.v1.AbortRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	27, // 69: sluice.rollout.v1.ListAnalysisRunsResponse.runs:type_name -> sluice.rollout.v1.AnalysisRun
+	27, // 70: sluice.rollout.v1.GetAnalysisRunResponse.run:type_name -> sluice.rollout.v1.AnalysisRun
+	0,  // 71: sluice.rollout.v1.RevisionEntry.outcome:type_name -> sluice.rollout.v1.Phase
+	58, // 72: sluice.rollout.v1.RevisionEntry.started_at:type_name -> google.protobuf.Timestamp
+	58, // 73: sluice.rollout.v1.RevisionEntry.finished_at:type_name -> google.protobuf.Timestamp
+	49, // 74: sluice.rollout.v1.ListRevisionsResponse.entries:type_name -> sluice.rollout.v1.RevisionEntry
+	57, // 75: sluice.rollout.v1.UndoRolloutRequest.rollback_window:type_name -> google.protobuf.Duration
+	28, // 76: sluice.rollout.v1.UndoRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	28, // 77: sluice.rollout.v1.RetryRolloutResponse.rollout:type_name -> sluice.rollout.v1.Rollout
+	29, // 78: sluice.rollout.v1.RolloutService.CreateRollout:input_type -> sluice.rollout.v1.CreateRolloutRequest
+	31, // 79: sluice.rollout.v1.RolloutService.GetRollout:input_type -> sluice.rollout.v1.GetRolloutRequest
+	33, // 80: sluice.rollout.v1.RolloutService.ListRollouts:input_type -> sluice.rollout.v1.ListRolloutsRequest
+	35, // 81: sluice.rollout.v1.RolloutService.WatchRollout:input_type -> sluice.rollout.v1.WatchRolloutRequest
+	37, // 82: sluice.rollout.v1.RolloutService.PauseRollout:input_type -> sluice.rollout.v1.PauseRolloutRequest
+	39, // 83: sluice.rollout.v1.RolloutService.ResumeRollout:input_type -> sluice.rollout.v1.ResumeRolloutRequest
+	41, // 84: sluice.rollout.v1.RolloutService.PromoteRollout:input_type -> sluice.rollout.v1.PromoteRolloutRequest
+	43, // 85: sluice.rollout.v1.RolloutService.AbortRollout:input_type -> sluice.rollout.v1.AbortRolloutRequest
+	45, // 86: sluice.rollout.v1.RolloutService.ListAnalysisRuns:input_type -> sluice.rollout.v1.ListAnalysisRunsRequest
+	47, // 87: sluice.rollout.v1.RolloutService.GetAnalysisRun:input_type -> sluice.rollout.v1.GetAnalysisRunRequest
+	50, // 88: sluice.rollout.v1.RolloutService.ListRevisions:input_type -> sluice.rollout.v1.ListRevisionsRequest
+	52, // 89: sluice.rollout.v1.RolloutService.UndoRollout:input_type -> sluice.rollout.v1.UndoRolloutRequest
+	54, // 90: sluice.rollout.v1.RolloutService.RetryRollout:input_type -> sluice.rollout.v1.RetryRolloutRequest
+	30, // 91: sluice.rollout.v1.RolloutService.CreateRollout:output_type -> sluice.rollout.v1.CreateRolloutResponse
+	32, // 92: sluice.rollout.v1.RolloutService.GetRollout:output_type -> sluice.rollout.v1.GetRolloutResponse
+	34, // 93: sluice.rollout.v1.RolloutService.ListRollouts:output_type -> sluice.rollout.v1.ListRolloutsResponse
+	36, // 94: sluice.rollout.v1.RolloutService.WatchRollout:output_type -> sluice.rollout.v1.WatchRolloutResponse
+	38, // 95: sluice.rollout.v1.RolloutService.PauseRollout:output_type -> sluice.rollout.v1.PauseRolloutResponse
+	40, // 96: sluice.rollout.v1.RolloutService.ResumeRollout:output_type -> sluice.rollout.v1.ResumeRolloutResponse
+	42, // 97: sluice.rollout.v1.RolloutService.PromoteRollout:output_type -> sluice.rollout.v1.PromoteRolloutResponse
+	44, // 98: sluice.rollout.v1.RolloutService.AbortRollout:output_type -> sluice.rollout.v1.AbortRolloutResponse
+	46, // 99: sluice.rollout.v1.RolloutService.ListAnalysisRuns:output_type -> sluice.rollout.v1.ListAnalysisRunsResponse
+	48, // 100: sluice.rollout.v1.RolloutService.GetAnalysisRun:output_type -> sluice.rollout.v1.GetAnalysisRunResponse
+	51, // 101: sluice.rollout.v1.RolloutService.ListRevisions:output_type -> sluice.rollout.v1.ListRevisionsResponse
+	53, // 102: sluice.rollout.v1.RolloutService.UndoRollout:output_type -> sluice.rollout.v1.UndoRolloutResponse
+	55, // 103: sluice.rollout.v1.RolloutService.RetryRollout:output_type -> sluice.rollout.v1.RetryRolloutResponse
+	91, // [91:104] is the sub-list for method output_type
+	78, // [78:91] is the sub-list for method input_type
+	78, // [78:78] is the sub-list for extension type_name
+	78, // [78:78] is the sub-list for extension extendee
+	0,  // [0:78] is the sub-list for field type_name
 }
 
 func init() { file_sluice_rollout_v1_rollout_proto_init() }
@@ -4466,30 +4603,31 @@ func file_sluice_rollout_v1_rollout_proto_init() {
 		(*Strategy_Canary)(nil),
 		(*Strategy_BlueGreen)(nil),
 		(*Strategy_Rolling)(nil),
+		(*Strategy_Flag)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[12].OneofWrappers = []any{}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[15].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[13].OneofWrappers = []any{}
+	file_sluice_rollout_v1_rollout_proto_msgTypes[16].OneofWrappers = []any{
 		(*CanaryStep_SetWeight)(nil),
 		(*CanaryStep_Pause)(nil),
 		(*CanaryStep_SetHeaderRoute)(nil),
 		(*CanaryStep_Analysis)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[17].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[18].OneofWrappers = []any{
 		(*Match_Header)(nil),
 		(*Match_Cookie)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[18].OneofWrappers = []any{
+	file_sluice_rollout_v1_rollout_proto_msgTypes[19].OneofWrappers = []any{
 		(*HeaderRoute_Exact)(nil),
 		(*HeaderRoute_Prefix)(nil),
 	}
-	file_sluice_rollout_v1_rollout_proto_msgTypes[23].OneofWrappers = []any{}
+	file_sluice_rollout_v1_rollout_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sluice_rollout_v1_rollout_proto_rawDesc), len(file_sluice_rollout_v1_rollout_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   54,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
