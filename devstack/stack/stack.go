@@ -73,6 +73,14 @@ type Config struct {
 	// is replaced by a free port per agent, and the chosen addresses are
 	// in Agent.Extra.
 	ExtraServices []map[string]any
+	// DemoFlags are the demo service's per-request feature flags (agent
+	// config "flags" entries, e.g. {key: new-checkout, environment: demo,
+	// targetingKey: {header: X-User-ID}}).
+	DemoFlags []map[string]any
+	// FlagErrorRates is passed to every demo app as --flag-error-rate
+	// (key=variant:rate,…): requests served that flag variant fail at that
+	// rate whichever revision answers them.
+	FlagErrorRates string
 	// BeforeAgents runs once NATS is up and before the agents start
 	// (e.g. to push artifacts the agents' initial revisions need).
 	BeforeAgents func(ctx context.Context, natsURL string) error
@@ -204,6 +212,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		if rev == FaultyRevision {
 			args = append(args, "--error-rate", strconv.FormatFloat(FaultyErrorRate, 'f', -1, 64), "--latency", FaultyLatency.String())
 		}
+		if cfg.FlagErrorRates != "" {
+			args = append(args, "--flag-error-rate", cfg.FlagErrorRates)
+		}
 		p, err := proc.Start(filepath.Join(cfg.BinDir, "sluice-demoapp"), args,
 			filepath.Join(cfg.Dir, "logs", fmt.Sprintf("demoapp-v%d.log", i+1)), nil)
 		if err != nil {
@@ -328,6 +339,9 @@ func (s *Stack) newAgent(i int) (*Agent, error) {
 			FaultyRevision:    {s.Apps[FaultyRevision]},
 		},
 	}}
+	if len(s.cfg.DemoFlags) > 0 {
+		services[0]["flags"] = s.cfg.DemoFlags
+	}
 	a.Extra = map[string]string{}
 	for _, extra := range s.cfg.ExtraServices {
 		svc := map[string]any{}

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -189,5 +191,27 @@ func TestParseSpecErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExamplesParse keeps every spec in examples/ parseable by the CLI.
+func TestExamplesParse(t *testing.T) {
+	files, err := filepath.Glob("../../examples/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no examples found: %v", err)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec, err := ParseSpec(data)
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if filepath.Base(f) == "flag-rollout.yaml" && spec.GetStrategy().GetFlag().GetFlagKey() != "new-checkout" {
+			t.Errorf("%s: flag strategy not decoded: %v", f, spec.GetStrategy())
+		}
 	}
 }

@@ -8,6 +8,13 @@
 //
 // --error-rate makes that fraction of "/" requests answer 500 and --latency
 // adds a fixed delay, so a faulty revision can be simulated.
+//
+// Feature flags: the agent passes the variant a flag served a request in a
+// request header, X-Sluice-Flag-<key>. The app echoes every such header in
+// its response (so a client can count variants without trusting the
+// agent), and --flag-error-rate key=variant:rate[,…] makes that fraction of
+// "/" requests served the variant answer 500, so a faulty variant can be
+// simulated.
 package main
 
 import (
@@ -22,6 +29,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -31,7 +39,13 @@ func main() {
 	revision := flag.String("revision", "", "the revision this process is (name@sha256:…); default $SLUICE_REVISION")
 	errorRate := flag.Float64("error-rate", 0, "fraction of requests to / answered with 500")
 	latency := flag.Duration("latency", 0, "delay added to every request to /")
+	flagFaults := flag.String("flag-error-rate", "", "key=variant:rate[,…]: fraction of requests to / served that flag variant (header X-Sluice-Flag-<key>) answered with 500")
 	flag.Parse()
+	faults, err := parseFlagFaults(*flagFaults)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sluice-demoapp: --flag-error-rate:", err)
+		os.Exit(2)
+	}
 	if *revision == "" {
 		// Run by an agent from an artifact: the agent names the revision.
 		*revision = os.Getenv("SLUICE_REVISION")
@@ -69,7 +83,16 @@ func main() {
 		if *latency > 0 {
 			time.Sleep(*latency)
 		}
-		if *errorRate > 0 && rand.Float64() < *errorRate {
+		rate := *errorRate
+		for name, vals := range r.Header {
+			if strings.HasPrefix(name, flagHeaderPrefix) && len(vals) > 0 {
+				w.Header()[name] = vals
+				if f, ok := faults[flagFault{key: strings.ToLower(name[len(flagHeaderPrefix):]), variant: vals[0]}]; ok {
+					rate = max(rate, f)
+				}
+			}
+		}
+		if rate > 0 && rand.Float64() < rate {
 			answer(w, http.StatusInternalServerError)
 			return
 		}
@@ -95,4 +118,29 @@ func main() {
 		fmt.Fprintln(os.Stderr, "sluice-demoapp:", err)
 		os.Exit(1)
 	}
+}
+
+// flagHeaderPrefix starts the (canonical) request header in which the agent
+// passes a flag's variant.
+const flagHeaderPrefix = "X-Sluice-Flag-"
+
+type flagFault struct{ key, variant string }
+
+// parseFlagFaults reads key=variant:rate[,…]; keys compare in lower case,
+// as header names do.
+func parseFlagFaults(s string) (map[flagFault]float64, error) {
+	out := map[flagFault]float64{}
+	if s == "" {
+		return out, nil
+	}
+	for _, item := range strings.Split(s, ",") {
+		key, rest, ok1 := strings.Cut(strings.TrimSpace(item), "=")
+		variant, rateText, ok2 := strings.Cut(rest, ":")
+		rate, err := strconv.ParseFloat(rateText, 64)
+		if !ok1 || !ok2 || key == "" || variant == "" || err != nil || rate < 0 || rate > 1 {
+			return nil, fmt.Errorf("%q: want key=variant:rate with rate in [0,1]", item)
+		}
+		out[flagFault{key: strings.ToLower(key), variant: variant}] = rate
+	}
+	return out, nil
 }
