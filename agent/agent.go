@@ -16,6 +16,13 @@
 // startupTimeout, or whose artifact fails verification, is rejected and
 // the previous routing keeps serving. Revisions the applied routing no
 // longer needs drain and stop.
+//
+// When a service has flags, the agent follows their environments in the
+// flag store (flags/store, on the JetStream connection it also fetches
+// artifacts on) and its proxy evaluates them per request (package
+// flagvariant). NATS may be away at start or later: until an
+// environment's first snapshot arrives its flags serve no variant, and
+// afterwards the last snapshot stays in use while NATS is away.
 package agent
 
 import (
@@ -41,6 +48,7 @@ import (
 
 	"github.com/sluicehq/sluice/agent/artifact"
 	"github.com/sluicehq/sluice/agent/config"
+	"github.com/sluicehq/sluice/agent/flagvariant"
 	"github.com/sluicehq/sluice/agent/meter"
 	"github.com/sluicehq/sluice/agent/proxy"
 	"github.com/sluicehq/sluice/agent/publish"
@@ -49,6 +57,7 @@ import (
 	"github.com/sluicehq/sluice/core/fleet"
 	"github.com/sluicehq/sluice/core/revision"
 	"github.com/sluicehq/sluice/core/route"
+	"github.com/sluicehq/sluice/flags/store"
 )
 
 // Options tune an Agent; the zero value is usable.
@@ -86,6 +95,7 @@ type Agent struct {
 	runner   *runner.Runner // nil when no service has a run section
 	cache    *artifact.Cache
 	source   *lazySource
+	flags    *flagvariant.Evaluators // nil when no service has flags
 
 	ready     chan struct{}
 	readyOK   atomic.Bool
@@ -190,12 +200,23 @@ func New(cfg config.Config, o Options) (*Agent, error) {
 			return nil, err
 		}
 	}
+	if envs := cfg.FlagEnvironments(); len(envs) > 0 {
+		a.flags = flagvariant.New(envs, flagvariant.Options{Logger: log})
+	}
 	tr := proxy.NewTransport()
 	var services []sync.Service
 	for _, s := range cfg.Services {
 		var dynamic []string
 		if _, static := s.Revisions[s.Initial]; !static {
 			dynamic = []string{s.Initial}
+		}
+		var flags []proxy.Flag
+		for _, f := range s.Flags {
+			fl, err := a.flags.Flag(flagvariant.Spec{Key: f.Key, Environment: f.Environment, TargetingKey: f.TargetingKey, Header: f.VariantHeader()})
+			if err != nil {
+				return nil, fmt.Errorf("service %s: %w", s.Name, err)
+			}
+			flags = append(flags, fl)
 		}
 		p, err := proxy.New(proxy.Config{
 			Service:       s.Name,
@@ -206,6 +227,7 @@ func New(cfg config.Config, o Options) (*Agent, error) {
 			Metrics:       pm,
 			Meter:         col,
 			ErrorStatuses: s.ErrorStatuses,
+			Flags:         flags,
 			Logger:        log,
 		})
 		if err != nil {
@@ -487,9 +509,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	runCtx, stopRunner := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopRunner()
 	runnerDone := make(chan struct{})
-	if a.runner == nil {
-		close(runnerDone)
-	} else {
+	flagsDone := make(chan struct{})
+	var js jetstream.JetStream
+	if a.runner != nil || a.flags != nil {
+		// One connection for artifacts and flags; it may start before
+		// NATS does and keeps reconnecting.
 		nc, err := nats.Connect(a.cfg.NATS, append([]nats.Option{
 			nats.Name("sluice-agent " + a.cfg.ID + " artifacts"),
 			nats.RetryOnFailedConnect(true),
@@ -497,13 +521,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			nats.ReconnectWait(500 * time.Millisecond),
 		}, a.natsOpts...)...)
 		if err != nil {
-			return fmt.Errorf("connect to NATS %s for artifacts: %w", a.cfg.NATS, err)
+			return fmt.Errorf("connect to NATS %s for artifacts and flags: %w", a.cfg.NATS, err)
 		}
 		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return fmt.Errorf("open JetStream for artifacts: %w", err)
+		if js, err = jetstream.New(nc); err != nil {
+			return fmt.Errorf("open JetStream for artifacts and flags: %w", err)
 		}
+	}
+	if a.runner == nil {
+		close(runnerDone)
+	} else {
 		a.source.s.Store(artifact.NewStore(js))
 		go func() {
 			defer close(runnerDone)
@@ -513,6 +540,23 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer func() {
 		stopRunner()
 		<-runnerDone
+	}()
+	// Flag evaluation stops with the proxies' last requests.
+	flagsCtx, stopFlags := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopFlags()
+	if a.flags == nil {
+		close(flagsDone)
+	} else {
+		go func() {
+			defer close(flagsDone)
+			a.flags.Run(flagsCtx, func(ctx context.Context) (flagvariant.Watcher, error) {
+				return store.Open(ctx, js, store.Options{Log: a.log})
+			})
+		}()
+	}
+	defer func() {
+		stopFlags()
+		<-flagsDone
 	}()
 	if err := a.loop.Restore(ctx); err != nil {
 		a.log.Error("restore persisted state; serving initial routing where none was restored", "err", err)
@@ -583,7 +627,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	case runErr = <-failed:
 	case runErr = <-loopDone:
 		loopReturned = true
-		if runErr == nil {
+		if runErr == nil && ctx.Err() == nil {
+			// (When ctx ended, the loop returning is the normal shutdown:
+			// the select may pick either case.)
 			runErr = errors.New("control loop stopped")
 		}
 	}
@@ -609,6 +655,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	sw.Wait()
+	stopFlags()
+	<-flagsDone
 	stopRunner()
 	<-runnerDone
 	stopPub()

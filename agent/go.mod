@@ -7,6 +7,7 @@ require (
 	github.com/prometheus/client_golang v1.25.0
 	github.com/sluicehq/sluice/core v0.0.0
 	github.com/sluicehq/sluice/devstack v0.0.0
+	github.com/sluicehq/sluice/flags v0.0.0
 	github.com/sluicehq/sluice/proto v0.0.0
 	golang.org/x/net v0.62.0
 	google.golang.org/protobuf v1.36.12
@@ -31,11 +32,13 @@ require (
 	github.com/prometheus/procfs v0.22.0 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/text v0.43.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 )
 
 replace (
 	github.com/sluicehq/sluice/core => ../core
 	github.com/sluicehq/sluice/devstack => ../devstack
+	github.com/sluicehq/sluice/flags => ../flags
 	github.com/sluicehq/sluice/proto => ../proto
 )

@@ -17,12 +17,13 @@ COPY analysis-worker/go.* analysis-worker/
 COPY bench/go.* bench/
 COPY devstack/go.* devstack/
 COPY e2e/go.* e2e/
-COPY flags/go.* flags/
 COPY services/go.* services/
 COPY workflows/go.* workflows/
-# The modules sluice-agent imports (proto: the metrics it publishes).
+# The modules sluice-agent imports (proto: the metrics it publishes;
+# flags: the flag store and evaluator of per-request flag variants).
 COPY core/ core/
 COPY proto/ proto/
+COPY flags/ flags/
 COPY agent/ agent/
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \

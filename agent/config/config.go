@@ -6,9 +6,26 @@
 // service it fronts: the listen address, the revision served before any
 // desired state arrives, the upstream addresses of the revisions it routes
 // to by address, how it runs every other revision itself from its artifact
-// (the run section), and which upstream statuses count as errors in its
-// metrics. Unknown fields are errors, so a typo never silently drops a
+// (the run section), which upstream statuses count as errors in its
+// metrics, and which feature flags it evaluates per request (the flags
+// section). Unknown fields are errors, so a typo never silently drops a
 // setting.
+//
+// A service's flags section lists feature flags evaluated for every
+// request the service's proxy forwards:
+//
+//	flags:
+//	  - key: new-checkout          # flag key (required)
+//	    environment: prod          # flag environment (required, a DNS label)
+//	    targetingKey: {header: X-User-ID}   # or {cookie: uid}; exactly one
+//	    header: X-Checkout-Variant # optional; default X-Sluice-Flag-<key>
+//
+// The variant the flag serves the request's targeting key is passed to the
+// upstream in header (a copy sent by the client is always removed first),
+// and the request is counted in the metrics under the variant
+// "flag:<key>:<variant>" (core/metrics.FlagVariant) as well as under its
+// revision. header may be left out only when "X-Sluice-Flag-<key>" is a
+// valid header name; keys and headers must be unique within a service.
 package config
 
 import (
@@ -18,6 +35,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"net/http"
 	"os"
 	"regexp"
 	"slices"
@@ -25,12 +43,15 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
 	"gopkg.in/yaml.v3"
 
 	"github.com/sluicehq/sluice/agent/meter"
 	"github.com/sluicehq/sluice/core/bus"
 	"github.com/sluicehq/sluice/core/revision"
 	"github.com/sluicehq/sluice/core/rollout"
+	"github.com/sluicehq/sluice/core/route"
+	"github.com/sluicehq/sluice/flags/store"
 )
 
 // Config is the whole agent configuration.
@@ -86,6 +107,53 @@ type Service struct {
 	// metrics: status classes ("5xx") or codes ("429"). Empty means
 	// ["5xx"]. Upstreams that cannot be reached are always errors.
 	ErrorStatuses []string `yaml:"errorStatuses"`
+	// Flags are feature flags evaluated for every request the service's
+	// proxy forwards; see Flag.
+	Flags []Flag `yaml:"flags"`
+}
+
+// FlagHeaderPrefix starts a flag's default variant header:
+// X-Sluice-Flag-<key>.
+const FlagHeaderPrefix = "X-Sluice-Flag-"
+
+// Flag is a feature flag the proxy evaluates per request: the variant the
+// flag serves the request's targeting key is set in a request header for
+// the upstream and the request is counted under that variant in the
+// metrics.
+type Flag struct {
+	// Key is the flag key.
+	Key string `yaml:"key"`
+	// Environment is the flag environment (a DNS label such as prod) whose
+	// definition of the flag is evaluated.
+	Environment string `yaml:"environment"`
+	// TargetingKey names the request header or cookie whose value is the
+	// evaluation's targeting key; exactly one of header and cookie is set.
+	TargetingKey route.Match `yaml:"targetingKey"`
+	// Header is the request header that carries the variant to the
+	// upstream; empty means FlagHeaderPrefix + Key (see VariantHeader).
+	Header string `yaml:"header"`
+}
+
+// VariantHeader returns the header carrying the flag's variant: Header, or
+// FlagHeaderPrefix + Key when Header is empty, in canonical form.
+func (f Flag) VariantHeader() string {
+	if f.Header != "" {
+		return http.CanonicalHeaderKey(f.Header)
+	}
+	return http.CanonicalHeaderKey(FlagHeaderPrefix + f.Key)
+}
+
+// FlagEnvironments returns the environments of every service's flags,
+// sorted and unique; empty when no service has flags.
+func (c Config) FlagEnvironments() []string {
+	var out []string
+	for _, s := range c.Services {
+		for _, f := range s.Flags {
+			out = append(out, f.Environment)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // Placeholders substituted in Run.Command and Run.Args for each instance.
@@ -336,6 +404,7 @@ func (c Config) Validate() error {
 		if s.Run != nil {
 			validRun(p+".run", *s.Run, bad)
 		}
+		validFlags(p+".flags", s.Flags, bad)
 		switch {
 		case s.Initial == "":
 			bad(p+".initial", "is required: the revision served until a desired state is applied")
@@ -349,6 +418,65 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// hopHeaders are removed by the proxy before forwarding, so they cannot
+// carry a variant to the upstream.
+var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+func validFlags(p string, flags []Flag, bad func(path, format string, args ...any)) {
+	keys := map[string]int{}
+	headers := map[string]int{}
+	for i, f := range flags {
+		fp := p + "[" + strconv.Itoa(i) + "]"
+		if f.Key == "" {
+			bad(fp+".key", "is required")
+		} else if err := store.CheckKey(f.Key); err != nil {
+			bad(fp+".key", "%v", err)
+		} else if j, dup := keys[f.Key]; dup {
+			bad(fp+".key", "%q is already used by %s[%d]", f.Key, p, j)
+		} else {
+			keys[f.Key] = i
+		}
+		if f.Environment == "" {
+			bad(fp+".environment", "is required")
+		} else if err := store.CheckEnvironment(f.Environment); err != nil {
+			bad(fp+".environment", "%v", err)
+		}
+		tk := f.TargetingKey
+		switch {
+		case (tk.Header == "") == (tk.Cookie == ""):
+			bad(fp+".targetingKey", "set exactly one of header and cookie")
+		case tk.Header != "" && !httpguts.ValidHeaderFieldName(tk.Header):
+			bad(fp+".targetingKey.header", "%q is not a valid header name", tk.Header)
+		case tk.Cookie != "" && !httpguts.ValidHeaderFieldName(tk.Cookie):
+			bad(fp+".targetingKey.cookie", "%q is not a valid cookie name", tk.Cookie)
+		}
+		hp := fp + ".header"
+		switch {
+		case f.Header == "" && f.Key == "":
+			continue
+		case f.Header == "" && !httpguts.ValidHeaderFieldName(FlagHeaderPrefix+f.Key):
+			bad(hp, "is required: the default %q is not a valid header name", FlagHeaderPrefix+f.Key)
+			continue
+		case f.Header != "" && !httpguts.ValidHeaderFieldName(f.Header):
+			bad(hp, "%q is not a valid header name", f.Header)
+			continue
+		}
+		h := f.VariantHeader()
+		switch {
+		case slices.Contains(hopHeaders, h) || h == "Host":
+			bad(hp, "%s cannot carry a variant to the upstream", h)
+		case tk.Header != "" && http.CanonicalHeaderKey(tk.Header) == h:
+			bad(hp, "%s is also the targeting key header", h)
+		default:
+			if j, dup := headers[h]; dup {
+				bad(hp, "%s is already used by %s[%d]", h, p, j)
+			} else {
+				headers[h] = i
+			}
+		}
+	}
 }
 
 var (

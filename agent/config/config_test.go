@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/sluicehq/sluice/core/route"
 )
 
 const (
@@ -135,6 +137,84 @@ func TestParseErrors(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			in := tc.edit(good)
+			_, err := Parse([]byte(in))
+			if err == nil {
+				t.Fatalf("Parse(%q) = nil error, want one mentioning %q", in, tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	in := good + `    flags:
+      - key: new-checkout
+        environment: prod
+        targetingKey: {header: x-user-id}
+      - key: "new ui"
+        environment: staging
+        targetingKey: {cookie: uid}
+        header: X-UI-Variant
+`
+	cfg, err := Parse([]byte(in))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	want := []Flag{
+		{Key: "new-checkout", Environment: "prod", TargetingKey: route.Match{Header: "x-user-id"}},
+		{Key: "new ui", Environment: "staging", TargetingKey: route.Match{Cookie: "uid"}, Header: "X-UI-Variant"},
+	}
+	if got := cfg.Services[0].Flags; !reflect.DeepEqual(got, want) {
+		t.Errorf("flags:\n got %+v\nwant %+v", got, want)
+	}
+	for i, h := range []string{"X-Sluice-Flag-New-Checkout", "X-Ui-Variant"} {
+		if got := cfg.Services[0].Flags[i].VariantHeader(); got != h {
+			t.Errorf("flags[%d].VariantHeader() = %q, want %q", i, got, h)
+		}
+	}
+	if got := cfg.FlagEnvironments(); !reflect.DeepEqual(got, []string{"prod", "staging"}) {
+		t.Errorf("FlagEnvironments() = %q, want [prod staging]", got)
+	}
+	noFlags, _ := Parse([]byte(good))
+	if got := noFlags.FlagEnvironments(); len(got) != 0 {
+		t.Errorf("FlagEnvironments() without flags = %q, want none", got)
+	}
+}
+
+func TestParseFlagErrors(t *testing.T) {
+	const item = "      - key: new-checkout\n        environment: prod\n        targetingKey: {header: X-User-ID}\n"
+	tests := []struct {
+		name  string
+		flags string // the items of the first service's flags list
+		want  []string
+	}{
+		{"no key", "      - environment: prod\n        targetingKey: {header: X-User-ID}\n", []string{"services[0].flags[0].key: is required"}},
+		{"key with a control character", "      - key: \"a\\tb\"\n        environment: prod\n        targetingKey: {header: X-User-ID}\n        header: X-AB\n", []string{"services[0].flags[0].key:", "control character"}},
+		{"duplicate key", item + strings.Replace(item, "header: X-User-ID}", "header: X-User-ID}\n        header: X-Other", 1),
+			[]string{`services[0].flags[1].key: "new-checkout" is already used by services[0].flags[0]`}},
+		{"no environment", "      - key: k\n        targetingKey: {header: X-User-ID}\n", []string{"services[0].flags[0].environment: is required"}},
+		{"bad environment", strings.Replace(item, "prod", "Prod_1", 1), []string{"services[0].flags[0].environment:", "DNS label"}},
+		{"no targeting key", "      - key: k\n        environment: prod\n", []string{"services[0].flags[0].targetingKey: set exactly one of header and cookie"}},
+		{"header and cookie", strings.Replace(item, "{header: X-User-ID}", "{header: X-User-ID, cookie: uid}", 1), []string{"services[0].flags[0].targetingKey: set exactly one"}},
+		{"unknown targeting field", strings.Replace(item, "{header: X-User-ID}", "{query: uid}", 1), []string{"query", "not found"}},
+		{"bad targeting header", strings.Replace(item, "X-User-ID", "X User", 1), []string{`services[0].flags[0].targetingKey.header: "X User" is not a valid header name`}},
+		{"bad targeting cookie", strings.Replace(item, "{header: X-User-ID}", "{cookie: \"a;b\"}", 1), []string{`services[0].flags[0].targetingKey.cookie: "a;b" is not a valid cookie name`}},
+		{"key not a header token needs a header", strings.Replace(item, "new-checkout", "new checkout", 1),
+			[]string{`services[0].flags[0].header: is required: the default "X-Sluice-Flag-new checkout" is not a valid header name`}},
+		{"bad header", item + "        header: \"X Variant\"\n", []string{`services[0].flags[0].header: "X Variant" is not a valid header name`}},
+		{"hop-by-hop header", item + "        header: connection\n", []string{"services[0].flags[0].header: Connection cannot carry a variant"}},
+		{"header is the targeting header", item + "        header: x-user-id\n", []string{"services[0].flags[0].header: X-User-Id is also the targeting key header"}},
+		{"duplicate header", item + "        header: X-V\n" + strings.Replace(item, "new-checkout", "other", 1) + "        header: x-v\n",
+			[]string{"services[0].flags[1].header: X-V is already used by services[0].flags[0]"}},
+		{"unknown flag field", item + "        variant: on\n", []string{"variant", "not found"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			in := good + "    flags:\n" + tc.flags
 			_, err := Parse([]byte(in))
 			if err == nil {
 				t.Fatalf("Parse(%q) = nil error, want one mentioning %q", in, tc.want)

@@ -18,6 +18,11 @@ type exchange struct {
 	shard *meter.Shard
 	tag   *meter.Rollout
 	errs  *meter.StatusSet
+	col   *meter.Collector
+	// flags are the shards of the flag variants the request was served;
+	// flagBuf backs them for the common case of few flags.
+	flags   []*meter.Shard
+	flagBuf [4]*meter.Shard
 
 	status         int // final (non-1xx) status written; 0 before
 	upstreamFailed bool
@@ -75,5 +80,16 @@ func (e *exchange) record() {
 	}
 	e.recorded = true
 	failed := !e.clientGone && (e.upstreamFailed || e.errs.Has(e.status))
-	e.shard.Record(e.tag, e.start, failed)
+	if len(e.flags) == 0 {
+		e.shard.Record(e.tag, e.start, failed)
+		return
+	}
+	// One end time, so the revision's and the variants' rows agree on the
+	// request's second and latency.
+	end := e.col.Now()
+	sec, d := end.Unix(), end.Sub(e.start)
+	e.shard.Observe(e.tag, sec, d, failed)
+	for _, s := range e.flags {
+		s.Observe(e.tag, sec, d, failed)
+	}
 }

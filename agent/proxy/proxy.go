@@ -28,22 +28,38 @@
 // With a meter.Collector configured, every completed request is recorded
 // for the per-second metrics under its service, the revision it was routed
 // to and the rollout of the table that routed it: see Config.Meter.
+//
+// Feature flags (Config.Flags) are evaluated for every request before it is
+// routed. For each flag, any copy of its variant header the client sent is
+// removed (also one spelled with "_" for "-", which some application
+// servers do not tell apart), so clients cannot choose their variant; then
+// the header is set to the variant the flag serves the request, if any.
+// Header routes can therefore match on a variant. A request that got a
+// variant is also recorded, with the same start, rollout and error
+// decision as under its revision, under the variant
+// core/metrics.FlagVariant(flag key, variant); requests without a variant
+// are not attributed to any.
 package proxy
 
 import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"slices"
+	"strings"
 	gosync "sync"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/sluicehq/sluice/agent/meter"
+	"github.com/sluicehq/sluice/core/metrics"
 	"github.com/sluicehq/sluice/core/route"
 )
 
@@ -79,9 +95,29 @@ type Config struct {
 	// ErrorStatuses are the upstream statuses counted as errors, as classes
 	// ("5xx") or codes ("429"); empty means meter.DefaultErrorStatuses.
 	ErrorStatuses []string
+	// Flags are evaluated for every request, in this order; their keys and
+	// headers must be unique. See the package comment.
+	Flags []Flag
 	// Logger receives upstream errors; nil discards.
 	Logger *slog.Logger
 }
+
+// Flag is a feature flag evaluated per request (flagvariant.Flag
+// implements it).
+type Flag interface {
+	// Key is the flag key; it names the variant in the metrics.
+	Key() string
+	// Header is the request header that carries the variant upstream.
+	Header() string
+	// Variant returns the variant the flag serves r at now, "" for none.
+	// It must not modify r.
+	Variant(r *http.Request, now time.Time) string
+}
+
+// maxFlagVariants bounds the variants of one flag the proxy keeps a
+// metrics shard and header value for; further ones still reach the
+// upstream but are not counted.
+const maxFlagVariants = 256
 
 // Proxy routes one service's requests. It is safe for concurrent use.
 type Proxy struct {
@@ -93,6 +129,7 @@ type Proxy struct {
 	errs    meter.StatusSet
 	tr      http.RoundTripper
 	metrics *Metrics
+	flags   []*flagState
 
 	mu    gosync.Mutex // guards pools; serialises Apply and SetUpstreams
 	pools map[string]*pool
@@ -116,6 +153,9 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("proxy for %s: error statuses%w", cfg.Service, err)
 	}
 	p := &Proxy{service: cfg.Service, pools: map[string]*pool{}, log: log, meter: cfg.Meter, errs: errs, tr: tr, metrics: cfg.Metrics}
+	if err := p.setFlags(cfg.Flags); err != nil {
+		return nil, fmt.Errorf("proxy for %s: %w", cfg.Service, err)
+	}
 	for rev, addrs := range cfg.Revisions {
 		if len(addrs) == 0 {
 			return nil, fmt.Errorf("proxy for %s: revision %s has no upstream addresses", cfg.Service, rev)
@@ -254,10 +294,17 @@ func (p *Proxy) Applied() route.Desired { return cloneDesired(p.table.Load().des
 // ServeHTTP routes r to one revision and proxies it.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if p.meter == nil {
+		if len(p.flags) > 0 {
+			p.setVariants(r, time.Now(), nil)
+		}
 		p.table.Load().pick(r).serve(w, r)
 		return
 	}
-	ex := exchange{ResponseWriter: w, start: p.meter.Now(), errs: &p.errs}
+	ex := exchange{ResponseWriter: w, start: p.meter.Now(), errs: &p.errs, col: p.meter}
+	if len(p.flags) > 0 {
+		ex.flags = ex.flagBuf[:0]
+		p.setVariants(r, ex.start, &ex)
+	}
 	t := p.table.Load()
 	pl := t.pick(r)
 	ex.shard, ex.tag = pl.shard, t.tag
@@ -286,6 +333,10 @@ type pool struct {
 	shard    *meter.Shard // nil without a meter
 	tr       http.RoundTripper
 	log      *slog.Logger
+	// flagHeaders are the variant headers, restored on the outgoing
+	// request after hop-by-hop removal (a client's Connection header
+	// cannot strip them).
+	flagHeaders []string
 }
 
 // target is one upstream address.
@@ -296,6 +347,9 @@ type target struct {
 
 func (p *Proxy) newPool(rev string, dynamic bool) (*pool, error) {
 	pl := &pool{service: p.service, revision: rev, dynamic: dynamic, m: p.metrics.forRevision(p.service, rev), tr: p.tr, log: p.log}
+	for _, f := range p.flags {
+		pl.flagHeaders = append(pl.flagHeaders, f.header)
+	}
 	pl.targets.Store(&[]target{})
 	if p.meter != nil {
 		pl.shard = p.meter.Shard(p.service, rev)
@@ -333,6 +387,11 @@ func (pl *pool) reverseProxy(a string) *httputil.ReverseProxy {
 			pr.SetURL(u)
 			pr.Out.Host = pr.In.Host // upstreams see the Host the client asked for
 			pr.SetXForwarded()
+			for _, h := range pl.flagHeaders {
+				if v, ok := pr.In.Header[h]; ok {
+					pr.Out.Header[h] = v
+				}
+			}
 		},
 		Transport:     pl.tr,
 		FlushInterval: -1,
@@ -390,3 +449,145 @@ type counter struct {
 
 // add returns the counter's value before incrementing it.
 func (c *counter) add() uint64 { return c.v.Add(1) - 1 }
+
+// flagState is one flag of the proxy and the variants it has served.
+type flagState struct {
+	f      Flag
+	key    string
+	header string // canonical
+
+	variants atomic.Pointer[map[string]*variant] // copied on write
+	mu       gosync.Mutex                        // serialises writers of variants
+}
+
+// variant is one variant of a flag as the proxy passes and counts it.
+type variant struct {
+	value []string     // {name}: the header's value, shared by requests
+	shard *meter.Shard // nil without a meter, or beyond maxFlagVariants
+}
+
+func (p *Proxy) setFlags(flags []Flag) error {
+	keys := map[string]bool{}
+	headers := map[string]bool{}
+	for i, f := range flags {
+		if f == nil {
+			return fmt.Errorf("flag %d is nil", i)
+		}
+		key, h := f.Key(), http.CanonicalHeaderKey(f.Header())
+		switch {
+		case key == "":
+			return fmt.Errorf("flag %d has no key", i)
+		case keys[key]:
+			return fmt.Errorf("flag %s is configured twice", key)
+		case !httpguts.ValidHeaderFieldName(h):
+			return fmt.Errorf("flag %s: %q is not a valid header name", key, h)
+		case headers[h]:
+			return fmt.Errorf("flag %s: header %s is used by another flag", key, h)
+		}
+		keys[key], headers[h] = true, true
+		fs := &flagState{f: f, key: key, header: h}
+		fs.variants.Store(&map[string]*variant{})
+		p.flags = append(p.flags, fs)
+	}
+	return nil
+}
+
+// setVariants removes client-sent variant headers from r, evaluates every
+// flag and sets the headers of the variants served; with ex, it notes the
+// variants' shards for recording.
+func (p *Proxy) setVariants(r *http.Request, now time.Time, ex *exchange) {
+	for _, fs := range p.flags {
+		delete(r.Header, fs.header)
+	}
+	p.deleteLookalikes(r.Header)
+	for _, fs := range p.flags {
+		name := fs.f.Variant(r, now)
+		if name == "" {
+			continue
+		}
+		v := p.variant(fs, name)
+		if v == nil {
+			continue
+		}
+		r.Header[fs.header] = v.value
+		if ex != nil && v.shard != nil {
+			ex.flags = append(ex.flags, v.shard)
+		}
+	}
+}
+
+// deleteLookalikes removes headers that differ from a variant header only
+// by "_" in place of "-" (and case, which Go's server already folds).
+func (p *Proxy) deleteLookalikes(h http.Header) {
+	for k := range h {
+		if strings.IndexByte(k, '_') < 0 {
+			continue
+		}
+		for _, fs := range p.flags {
+			if sameHeaderLoosely(k, fs.header) {
+				delete(h, k)
+				break
+			}
+		}
+	}
+}
+
+// sameHeaderLoosely compares header names ASCII-case-insensitively with
+// "_" equal to "-".
+func sameHeaderLoosely(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if x == '_' {
+			x = '-'
+		}
+		if y == '_' {
+			y = '-'
+		}
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// variant returns the proxy's record of fs's variant name, creating it on
+// first use; nil when name cannot be sent in a header.
+func (p *Proxy) variant(fs *flagState, name string) *variant {
+	if v, ok := (*fs.variants.Load())[name]; ok {
+		return v
+	}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	cur := *fs.variants.Load()
+	if v, ok := cur[name]; ok {
+		return v
+	}
+	var v *variant
+	switch {
+	case !httpguts.ValidHeaderFieldValue(name):
+		p.log.Warn("flag variant cannot be sent in a header; requests served it get no variant", "service", p.service, "flag", fs.key, "variant", name)
+	default:
+		v = &variant{value: []string{name}}
+		if p.meter != nil {
+			if len(cur) < maxFlagVariants {
+				v.shard = p.meter.Shard(p.service, metrics.FlagVariant(fs.key, name))
+			} else {
+				p.log.Warn("flag has too many variants; further ones are not counted", "service", p.service, "flag", fs.key, "variant", name, "max", maxFlagVariants)
+			}
+		}
+	}
+	next := make(map[string]*variant, len(cur)+1)
+	maps.Copy(next, cur)
+	next[name] = v
+	fs.variants.Store(&next)
+	return v
+}
