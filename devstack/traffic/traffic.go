@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,29 +71,35 @@ func Client() *http.Client {
 
 // Get sends one request and returns the revision the body names.
 func Get(ctx context.Context, c *http.Client, url string, header http.Header) (string, int, error) {
+	rev, _, code, err := get(ctx, c, url, header)
+	return rev, code, err
+}
+
+// get is Get that also returns the response's headers.
+func get(ctx context.Context, c *http.Client, url string, header http.Header) (string, http.Header, int, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return "", 0, err
+		return "", nil, 0, err
 	}
 	for k, v := range header {
 		req.Header[k] = v
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return "", 0, err
+		return "", nil, 0, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if err != nil {
-		return "", resp.StatusCode, err
+		return "", resp.Header, resp.StatusCode, err
 	}
 	var body struct {
 		Revision string `json:"revision"`
 	}
 	if err := json.Unmarshal(b, &body); err != nil {
-		return "", resp.StatusCode, fmt.Errorf("body %q is not the demo app's: %w", strings.TrimSpace(string(b)), err)
+		return "", resp.Header, resp.StatusCode, fmt.Errorf("body %q is not the demo app's: %w", strings.TrimSpace(string(b)), err)
 	}
-	return body.Revision, resp.StatusCode, nil
+	return body.Revision, resp.Header, resp.StatusCode, nil
 }
 
 // Sample sends n requests to each agent URL (concurrency workers in all)
@@ -141,6 +149,14 @@ type Generator struct {
 	URLs []string
 	// RPS is the total request rate.
 	RPS int
+	// UserHeader, when set, carries a user id (user-0 … user-<Users-1>,
+	// drawn at random) on every request, as a flag's targeting key.
+	UserHeader string
+	Users      int
+	// VariantHeader, when set, counts answers by the value of this
+	// response header (the flag variant the demo app echoes) instead of
+	// by the revision in the body; an answer without it counts as "-".
+	VariantHeader string
 
 	mu     sync.Mutex
 	window []second
@@ -180,9 +196,19 @@ func (g *Generator) Run(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			rev, code, err := Get(ctx, c, u+"/", nil)
+			var header http.Header
+			if g.UserHeader != "" {
+				header = http.Header{g.UserHeader: {"user-" + strconv.Itoa(rand.IntN(max(g.Users, 1)))}}
+			}
+			rev, got, code, err := get(ctx, c, u+"/", header)
 			if ctx.Err() != nil {
 				return
+			}
+			if g.VariantHeader != "" {
+				rev = got.Get(g.VariantHeader)
+				if rev == "" {
+					rev = "-"
+				}
 			}
 			g.record(rev, err == nil && code/100 == 2)
 		}()

@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -64,7 +65,15 @@ func run(ctx context.Context, dir string, demo, ci bool, perStep int) error {
 	}
 	fmt.Println("starting the local stack in", abs)
 	t0 := time.Now()
-	s, err := stack.Start(ctx, stack.Config{Dir: abs, Analysis: true, Log: os.Stdout, NATSPort: 4222, TemporalPort: 7233, APIPort: 8080})
+	s, err := stack.Start(ctx, stack.Config{
+		Dir: abs, Analysis: true, Log: os.Stdout, NATSPort: 4222, TemporalPort: 7233, APIPort: 8080,
+		// The agents evaluate the demo's rollout flag per request and
+		// count requests per variant; its "on" variant is faulty.
+		DemoFlags: []map[string]any{{
+			"key": rolloutFlag, "environment": "dev", "targetingKey": map[string]string{"header": userHeader},
+		}},
+		FlagErrorRates: rolloutFlag + "=on:" + strconv.FormatFloat(stack.FaultyErrorRate, 'f', -1, 64),
+	})
 	if err != nil {
 		return err
 	}
@@ -231,6 +240,8 @@ func runDemo(ctx context.Context, s *stack.Stack, ci bool, perStep int) error {
 
 	if err := d.runFlagsDemo(ctx); err != nil {
 		d.add("flags demo: "+err.Error(), false)
+	} else if err := d.runFlagRolloutDemo(ctx, ts); err != nil {
+		d.add("flag rollout demo: "+err.Error(), false)
 	}
 
 	fmt.Println("\nsummary:")
@@ -285,8 +296,14 @@ func (d *demo) rollout(ctx context.Context, sp *rolloutv1.RolloutSpec, cand stri
 	if _, err := s.Rollouts().CreateRollout(ctx, connect.NewRequest(&rolloutv1.CreateRolloutRequest{Spec: sp})); err != nil {
 		return nil, fmt.Errorf("create rollout %s: %w", id, err)
 	}
-	fmt.Printf("rollout %s: %s → %s, %d steps, background analysis from step %d\n", id, short(sp.GetStableRevision()), short(sp.GetCandidateRevision()),
-		len(sp.GetStrategy().GetCanary().GetSteps()), sp.GetAnalysis().GetBackground().GetStartingStep()+1)
+	steps := len(sp.GetStrategy().GetCanary().GetSteps()) + len(sp.GetStrategy().GetFlag().GetSteps())
+	if f := sp.GetStrategy().GetFlag(); f != nil {
+		fmt.Printf("rollout %s: flag %s=%s in %s, %d steps, background analysis from step %d\n", id, f.GetFlagKey(), f.GetVariant(), f.GetEnvironment(),
+			steps, sp.GetAnalysis().GetBackground().GetStartingStep()+1)
+	} else {
+		fmt.Printf("rollout %s: %s → %s, %d steps, background analysis from step %d\n", id, short(sp.GetStableRevision()), short(sp.GetCandidateRevision()),
+			steps, sp.GetAnalysis().GetBackground().GetStartingStep()+1)
+	}
 
 	// The live view: the CLI's watch when a terminal is attached.
 	var watch *exec.Cmd
