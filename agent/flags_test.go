@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluicehq/sluice/agent/config"
 	"github.com/sluicehq/sluice/agent/publish"
+	"github.com/sluicehq/sluice/core/bus"
 	"github.com/sluicehq/sluice/core/metrics"
 	"github.com/sluicehq/sluice/core/route"
 	devnats "github.com/sluicehq/sluice/devstack/nats"
@@ -107,6 +108,18 @@ func TestAgentFlagVariants(t *testing.T) {
 		if got := variantOf(fmt.Sprintf("user-%d", i)); got != "on" && got != "off" {
 			t.Errorf("user-%d got variant %q, want on or off", i, got)
 		}
+	}
+	// The metrics publisher reconnects on its own schedule (it started
+	// before NATS): wait until it has created its stream, so that stopping
+	// the agent flushes the last seconds to it rather than dropping them.
+	for {
+		if _, err := js.Stream(ctx, bus.MetricsStream); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the metrics publisher never reached NATS")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
