@@ -50,6 +50,9 @@ type Opener func(ctx context.Context) (Watcher, error)
 const (
 	DefaultMinBackoff = 250 * time.Millisecond
 	DefaultMaxBackoff = 10 * time.Second
+	// UnknownEnvironmentBackoff caps the wait while the environment does
+	// not exist yet.
+	UnknownEnvironmentBackoff = 2 * time.Second
 )
 
 // Options tune an Evaluators; the zero value is usable.
@@ -194,6 +197,18 @@ func (e *Evaluators) follow(ctx context.Context, w Watcher, en *environment) {
 			err = errors.New("watch ended")
 		}
 		d := e.backoff(attempt)
+		if errors.Is(err, source.ErrUnknownEnvironment) {
+			// Not created yet: a cheap lookup, checked often enough that
+			// creating the environment takes effect within seconds.
+			d = min(d, UnknownEnvironmentBackoff)
+			if attempt > 0 {
+				e.log.Debug("flag variants: environment still unknown", "environment", en.name, "in", d)
+				if sleep(ctx, d) != nil {
+					return
+				}
+				continue
+			}
+		}
 		e.log.Warn("flag variants: watching the environment failed; serving its last flags and retrying",
 			"environment", en.name, "in", d, "err", err)
 		if sleep(ctx, d) != nil {

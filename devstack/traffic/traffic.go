@@ -71,12 +71,12 @@ func Client() *http.Client {
 
 // Get sends one request and returns the revision the body names.
 func Get(ctx context.Context, c *http.Client, url string, header http.Header) (string, int, error) {
-	rev, _, code, err := get(ctx, c, url, header)
+	rev, _, code, err := GetWithHeader(ctx, c, url, header)
 	return rev, code, err
 }
 
-// get is Get that also returns the response's headers.
-func get(ctx context.Context, c *http.Client, url string, header http.Header) (string, http.Header, int, error) {
+// GetWithHeader is Get that also returns the response's headers.
+func GetWithHeader(ctx context.Context, c *http.Client, url string, header http.Header) (string, http.Header, int, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return "", nil, 0, err
@@ -200,7 +200,7 @@ func (g *Generator) Run(ctx context.Context) {
 			if g.UserHeader != "" {
 				header = http.Header{g.UserHeader: {"user-" + strconv.Itoa(rand.IntN(max(g.Users, 1)))}}
 			}
-			rev, got, code, err := get(ctx, c, u+"/", header)
+			rev, got, code, err := GetWithHeader(ctx, c, u+"/", header)
 			if ctx.Err() != nil {
 				return
 			}

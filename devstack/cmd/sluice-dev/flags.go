@@ -155,13 +155,24 @@ func (d *demo) runFlagRolloutDemo(ctx context.Context, ts int64) error {
 	}
 	d.add("the dial-back and its reason are in the flag's history", recorded)
 
-	// Counted at the client: once the agents have the restored flag, no
-	// request is served "on".
-	time.Sleep(2 * time.Second)
+	// Counted at the client: once every agent answers with the restored
+	// flag, no request is served "on".
+	for _, u := range d.urls {
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			_, h, code, err := traffic.GetWithHeader(ctx, d.client, u+"/", http.Header{userHeader: {"probe"}})
+			if err == nil && code == http.StatusOK && h.Get("X-Sluice-Flag-"+rolloutFlag) == "off" {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	time.Sleep(4 * time.Second)
 	byVariant, _ := gen.Last(3)
-	what := fmt.Sprintf("after the dial-back, traffic of the last 3 s by variant: %s", traffic.Format(byVariant, func(s string) string { return s }))
-	d.add(what, byVariant["on"] == 0 && byVariant["off"] > 0)
-	fmt.Printf("  %s %s\n", mark(byVariant["on"] == 0 && byVariant["off"] > 0), what)
+	ok = byVariant["on"] == 0 && byVariant["-"] == 0 && byVariant["off"] > 0
+	what := fmt.Sprintf("after the dial-back reached the agents, traffic of 3 s by variant: %s", traffic.Format(byVariant, func(s string) string { return s }))
+	d.add(what, ok)
+	fmt.Printf("  %s %s\n", mark(ok), what)
 	return nil
 }
 
