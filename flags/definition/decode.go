@@ -32,6 +32,19 @@ func decode(data []byte, p *problems) (any, error) {
 	return v, nil
 }
 
+// decodeFast returns a decoder that parses data with json.Unmarshal into
+// the same types as decode, without reporting duplicate keys; on invalid
+// JSON it reports the error as decode does.
+func decodeFast(data []byte) func(*problems) (any, error) {
+	return func(p *problems) (any, error) {
+		var v any
+		if err := json.Unmarshal(data, &v); err != nil {
+			return decode(data, p)
+		}
+		return v, nil
+	}
+}
+
 func decodeValue(dec *json.Decoder, path string, p *problems) (any, error) {
 	tok, err := dec.Token()
 	if err != nil {

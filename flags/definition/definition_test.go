@@ -435,3 +435,38 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestLoadBuildsWhatParseBuilds checks that Load's one-pass decoding gives
+// the same flags as Parse's key-tracking decoder on valid documents, and
+// that only Parse reports duplicate keys.
+func TestLoadBuildsWhatParseBuilds(t *testing.T) {
+	for _, name := range []string{"../provider/testdata/flags.json", "../serve/testdata/flags.json"} {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The same document through the key-tracking decoder Parse uses.
+		var p problems
+		strict := build(data, &p)
+		loaded, warnings, err := Load(data)
+		if err != nil {
+			t.Fatalf("%s: Load: %v", name, err)
+		}
+		if len(loaded.Flags) == 0 || !reflect.DeepEqual(strict, loaded) {
+			t.Errorf("%s: Load and the strict decoder built different sets", name)
+		}
+		if want := p.sorted(false); !reflect.DeepEqual(warnings, want) {
+			t.Errorf("%s: Load warned %v, the strict decoder %v", name, warnings, want)
+		}
+	}
+	dup := []byte(`{"flags": {"a": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on", "defaultVariant": "on"}}}`)
+	if _, err := Parse(dup); err == nil {
+		t.Error("Parse accepted a duplicate key")
+	}
+	if _, _, err := Load(dup); err != nil {
+		t.Errorf("Load refused a duplicate key, which flagd accepts: %v", err)
+	}
+	if _, _, err := Load([]byte(`{"flags": {}} x`)); err == nil || !strings.Contains(err.Error(), "after the top-level value") {
+		t.Errorf("Load of trailing data: %v, want the decoder's message", err)
+	}
+}
