@@ -52,7 +52,16 @@ type Activities struct {
 	Flags FlagStore
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// NoAgentsGrace is how long ApplyDesired waits for a selected agent
+	// to appear when the agents' watch starts with none; zero means
+	// DefaultNoAgentsGrace.
+	NoAgentsGrace time.Duration
 }
+
+// DefaultNoAgentsGrace covers three of the agents' 1 s heartbeats: a
+// connected agent reports within it even if the watch's first view of the
+// bucket missed its key.
+const DefaultNoAgentsGrace = 3 * time.Second
 
 // ApplyInput asks for a desired state to be applied before Until.
 type ApplyInput struct {
@@ -107,8 +116,18 @@ func (a *Activities) ApplyDesired(ctx context.Context, in ApplyInput) (ApplyResu
 
 	// Each report is checked once when it changes: O(1) per report, so a
 	// step costs O(agents) however many heartbeats arrive meanwhile.
-	var pendingSet map[string]bool
+	//
+	// The selected agents are those of the watch's first view, plus any
+	// that reports later: the first view can miss keys (it is built from
+	// the bucket's current values while they change), and an agent that
+	// connects during the step must apply it too. When the first view has
+	// none, the step waits NoAgentsGrace for one before failing NoAgents.
+	var pendingSet, expectedSet map[string]bool
 	refusedBy := map[string]string{}
+	selected := func(ag fleet.Agent) bool {
+		_, ok := ag.Service(d.Service)
+		return ok && !ag.Lost(a.now()) && route.SelectorMatches(d.Selector, ag.Labels)
+	}
 	check := func(id string, ag fleet.Agent) {
 		svc, _ := ag.Service(d.Service)
 		switch {
@@ -119,25 +138,43 @@ func (a *Activities) ApplyDesired(ctx context.Context, in ApplyInput) (ApplyResu
 			refusedBy[id] = svc.Error
 		}
 	}
-	err = a.Fleet.WatchAgents(wctx, func(agents map[string]fleet.Agent, changed string) bool {
-		if pendingSet == nil {
-			now := a.now()
-			pendingSet = map[string]bool{}
+	graceCtx, endGrace := context.WithCancel(wctx)
+	defer endGrace()
+	var graceTimer *time.Timer
+	err = a.Fleet.WatchAgents(graceCtx, func(agents map[string]fleet.Agent, changed string) bool {
+		if expectedSet == nil {
+			pendingSet, expectedSet = map[string]bool{}, map[string]bool{}
 			for id, ag := range agents {
-				if _, ok := ag.Service(d.Service); ok && !ag.Lost(now) && route.SelectorMatches(d.Selector, ag.Labels) {
-					pendingSet[id] = true
+				if selected(ag) {
+					pendingSet[id], expectedSet[id] = true, true
 				}
 			}
-			expected = sortedKeys(pendingSet)
-			for _, id := range expected {
+			for id := range expectedSet {
 				check(id, agents[id])
 			}
-		} else if pendingSet[changed] {
-			check(changed, agents[changed])
+			if len(expectedSet) == 0 {
+				grace := a.NoAgentsGrace
+				if grace <= 0 {
+					grace = DefaultNoAgentsGrace
+				}
+				graceTimer = time.AfterFunc(grace, endGrace)
+			}
+		} else if ag, ok := agents[changed]; ok && (pendingSet[changed] || !expectedSet[changed] && selected(ag)) {
+			if !expectedSet[changed] {
+				pendingSet[changed], expectedSet[changed] = true, true
+				if graceTimer != nil {
+					graceTimer.Stop()
+				}
+			}
+			check(changed, ag)
 		}
-		progress.Store(fmt.Sprintf("generation %d: %d of %d agents pending", gen, len(pendingSet), len(expected)))
-		return len(pendingSet) == 0 || len(refusedBy) > 0
+		progress.Store(fmt.Sprintf("generation %d: %d of %d agents pending", gen, len(pendingSet), len(expectedSet)))
+		return (len(expectedSet) > 0 && len(pendingSet) == 0) || len(refusedBy) > 0
 	})
+	expected = sortedKeys(expectedSet)
+	if len(expected) == 0 && ctx.Err() == nil {
+		err = nil // the grace (or the step's deadline) ended: no agent
+	}
 	pending = sortedKeys(pendingSet)
 	for _, id := range sortedKeys(boolKeys(refusedBy)) {
 		refused = append(refused, fmt.Sprintf("%s (%s)", id, refusedBy[id]))
