@@ -288,3 +288,55 @@ func TestNextIsIdempotentForWaits(t *testing.T) {
 		t.Fatalf("second Next changed things: %+v/%d vs %+v/%d", d1, st1.Version, d2, st2.Version)
 	}
 }
+
+// TestFlagRolloutFollowsCanarySteps: a flag rollout walks its steps like a
+// canary; every Apply carries the variant's share (FlagWeight), an abort
+// dials it back to 0 and the messages speak of the flag, not of agents.
+func TestFlagRolloutFollowsCanarySteps(t *testing.T) {
+	f := &rollout.Flag{Environment: "prod", Key: "new-checkout", Variant: "on", Control: "off",
+		Steps: []rollout.Step{{SetWeight: w(5)}, {Pause: &rollout.Pause{Duration: time.Minute}}, {SetWeight: w(50)}}}
+	s, c := rollout.FlagRevisions(f)
+	sp := rollout.Spec{ID: "f1", Service: "demo", StableRevision: s, CandidateRevision: c, Strategy: rollout.Strategy{Flag: f}}
+	if err := rollout.Validate(sp, "spec"); err != nil {
+		t.Fatalf("valid flag rollout refused: %v", err)
+	}
+	now := t0
+	st := Start(sp, now)
+	var shares []int32
+	for range 20 {
+		var d Decision
+		st, d = Next(sp, st, now)
+		if d.Kind == Done {
+			break
+		}
+		if d.Kind == Apply {
+			shares = append(shares, FlagWeight(sp, d.Desired))
+			st = Applied(sp, st, d, uint64(len(shares)), now)
+		}
+		if d.Kind == Wait && !d.Until.IsZero() {
+			now = d.Until
+		}
+	}
+	if fmt.Sprint(shares) != "[5 50 100]" || st.Phase != rollout.PhaseSucceeded {
+		t.Fatalf("shares %v, phase %s; want [5 50 100] and Succeeded", shares, st.Phase)
+	}
+	if !strings.Contains(st.Message, "on is the default variant of new-checkout") {
+		t.Errorf("final message %q", st.Message)
+	}
+
+	st = Start(sp, t0)
+	st, d := Next(sp, st, t0)
+	st = Applied(sp, st, d, 1, t0)
+	st, err := Abort(st, "checkout errors", "alice", t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, d = Next(sp, st, t0)
+	if d.Kind != Apply || d.Intent != IntentAbort || FlagWeight(sp, d.Desired) != 0 {
+		t.Fatalf("abort decision %+v (share %d), want an abort to 0", d, FlagWeight(sp, d.Desired))
+	}
+	st = Applied(sp, st, d, 2, t0)
+	if st.Phase != rollout.PhaseAborted || !strings.Contains(st.Message, "dialed back to 0%") {
+		t.Fatalf("after the abort: %s %q", st.Phase, st.Message)
+	}
+}
