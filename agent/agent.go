@@ -550,7 +550,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() {
 			defer close(flagsDone)
 			a.flags.Run(flagsCtx, func(ctx context.Context) (flagvariant.Watcher, error) {
-				return store.Open(ctx, js, store.Options{Log: a.log})
+				// Read-only: an agent follows flags and never writes them or
+				// their audit stream.
+				return store.OpenReadOnly(js, store.Options{Log: a.log}), nil
 			})
 		}()
 	}

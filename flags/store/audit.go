@@ -223,6 +223,9 @@ func (s *Store) rebuildEvent(ctx context.Context, e *env, flagKey string, h, pre
 // most limit events (limit ≤ 0: 100) with the sequence to pass as after for
 // the next page, 0 when there are no more.
 func (s *Store) History(ctx context.Context, envName, key string, after uint64, limit int) ([]Event, uint64, error) {
+	if s.readOnly {
+		return nil, 0, ErrReadOnly
+	}
 	if key != "" {
 		if err := CheckKey(key); err != nil {
 			return nil, 0, err

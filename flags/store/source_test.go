@@ -366,3 +366,35 @@ func TestAuditIsRebuiltAfterACrash(t *testing.T) {
 		t.Errorf("rebuilt event time = %v, want the Sluice-Time header's", hist[1].Time)
 	}
 }
+
+// TestReadOnlyStoreWatchesAndRefusesWrites: a read-only store (agents')
+// follows an environment's changes like any store, and refuses to change
+// anything.
+func TestReadOnlyStoreWatchesAndRefusesWrites(t *testing.T) {
+	f := newFixture(t)
+	f.env(t, "dev")
+	ctx := ctxT(t)
+	a := f.create(t, "dev", "a", `{"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"}`)
+	ro := store.OpenReadOnly(f.js, store.Options{})
+	w := startWatch(t, ro, "dev")
+	var seen []source.Snapshot
+	if first := w.until(t, a.Revision, &seen); first.Set.Flags["a"] == nil {
+		t.Fatalf("read-only watch: first snapshot lacks flag a")
+	}
+	killed, _, err := f.st.KillFlag(ctx, "dev", "a", store.Write{Actor: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap := w.until(t, killed.Revision, &seen); snap.Set.Flags["a"].State != "DISABLED" {
+		t.Errorf("read-only watch did not follow the kill: state %v", snap.Set.Flags["a"].State)
+	}
+	if _, err := ro.CreateFlag(ctx, "dev", "b", []byte(`{"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on"}`), store.Write{Actor: "alice"}); !errors.Is(err, store.ErrReadOnly) {
+		t.Errorf("CreateFlag on a read-only store: %v, want ErrReadOnly", err)
+	}
+	if _, _, err := ro.CreateEnvironment(ctx, store.Environment{Name: "qa", CreatedBy: "alice"}); !errors.Is(err, store.ErrReadOnly) {
+		t.Errorf("CreateEnvironment on a read-only store: %v, want ErrReadOnly", err)
+	}
+	if _, _, err := ro.History(ctx, "dev", "a", 0, 10); !errors.Is(err, store.ErrReadOnly) {
+		t.Errorf("History on a read-only store: %v, want ErrReadOnly", err)
+	}
+}

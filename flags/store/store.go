@@ -97,6 +97,9 @@ var (
 	ErrTooLarge = errors.New("definition too large")
 	// ErrContention: the environment changed under every attempt of a write.
 	ErrContention = errors.New("too many concurrent changes")
+	// ErrReadOnly: a write or a history query on a store opened with
+	// OpenReadOnly.
+	ErrReadOnly = errors.New("flag store opened read-only")
 )
 
 // RevisionError is a write whose expected revision is not the key's current
@@ -150,6 +153,10 @@ type Store struct {
 	audit jetstream.Stream
 	now   func() time.Time
 	log   *slog.Logger
+
+	// readOnly stores (OpenReadOnly) have no audit stream and refuse
+	// writes and history queries.
+	readOnly bool
 
 	mu      sync.Mutex
 	envs    map[string]*env // opened environments
@@ -208,6 +215,22 @@ func Open(ctx context.Context, js jetstream.JetStream, opts Options) (*Store, er
 	return s, nil
 }
 
+// OpenReadOnly returns a store that reads and watches flags only, for the
+// many processes that follow flags without changing them (edge agents): it
+// creates no stream and repairs no audit history, so it needs nothing but
+// read access to the environments' buckets, and it does no I/O until used.
+// Writes, environment creation and History fail with ErrReadOnly.
+func OpenReadOnly(js jetstream.JetStream, opts Options) *Store {
+	s := &Store{js: js, readOnly: true, now: opts.Now, log: opts.Log, envs: map[string]*env{}, pending: map[string]bool{}}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	return s
+}
+
 // Environment is a namespace of flags.
 type Environment struct {
 	Name        string
@@ -220,6 +243,9 @@ type Environment struct {
 // created is false, and the existing environment is returned, when it
 // already exists.
 func (s *Store) CreateEnvironment(ctx context.Context, e Environment) (_ Environment, created bool, _ error) {
+	if s.readOnly {
+		return Environment{}, false, ErrReadOnly
+	}
 	if err := CheckEnvironment(e.Name); err != nil {
 		return Environment{}, false, err
 	}

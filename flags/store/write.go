@@ -208,6 +208,9 @@ type committed struct {
 // environment has not changed since, starting again when it has. The change
 // is then recorded in the audit stream.
 func (s *Store) commit(ctx context.Context, e *env, w Write, plan func(ctx context.Context, v *view) (change, error)) (committed, error) {
+	if s.readOnly {
+		return committed{}, ErrReadOnly
+	}
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		info, err := e.stream.Info(ctx)
 		if err != nil {
