@@ -19,29 +19,13 @@ import (
 
 	"github.com/sluicehq/sluice/devstack/stack"
 	"github.com/sluicehq/sluice/devstack/traffic"
+	"github.com/sluicehq/sluice/e2e/internal/e2etest"
 	rolloutv1 "github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1"
 )
 
 func startStack(t *testing.T) *stack.Stack {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("end-to-end test: runs without -short")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	s, err := stack.Start(ctx, stack.Config{Dir: t.TempDir(), Analysis: true})
-	if err != nil {
-		t.Fatalf("start stack: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, c := range []string{"api", "worker", "analysis-worker", "agent-1"} {
-				t.Logf("--- %s log tail ---\n%s", c, s.LogTail(c, 20))
-			}
-		}
-		s.Stop()
-	})
-	return s
+	return e2etest.StartStack(t, stack.Config{Analysis: true}, "api", "worker", "analysis-worker", "agent-1")
 }
 
 // generate sends traffic across the agents until the returned stop is
@@ -93,21 +77,7 @@ func sloSpec(id, candidate string) *rolloutv1.RolloutSpec {
 
 func waitEnd(t *testing.T, s *stack.Stack, id string, timeout time.Duration) *rolloutv1.Rollout {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last *rolloutv1.Rollout
-	for time.Now().Before(deadline) {
-		r, err := s.Rollouts().GetRollout(context.Background(), connect.NewRequest(&rolloutv1.GetRolloutRequest{Id: id}))
-		if err == nil {
-			last = r.Msg.GetRollout()
-			switch last.GetStatus().GetPhase() {
-			case rolloutv1.Phase_PHASE_SUCCEEDED, rolloutv1.Phase_PHASE_ABORTED, rolloutv1.Phase_PHASE_FAILED:
-				return last
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("rollout %s did not end within %s; last status %v", id, timeout, last.GetStatus())
-	return nil
+	return e2etest.WaitEnd(t, s, id, timeout)
 }
 
 func TestHealthyCandidateIsPromotedAutomatically(t *testing.T) {

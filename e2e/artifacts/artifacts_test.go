@@ -26,6 +26,7 @@ import (
 
 	"github.com/sluicehq/sluice/devstack/stack"
 	"github.com/sluicehq/sluice/devstack/traffic"
+	"github.com/sluicehq/sluice/e2e/internal/e2etest"
 	rolloutv1 "github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1"
 	"github.com/sluicehq/sluice/services/artifact"
 )
@@ -206,20 +207,7 @@ func create(t *testing.T, s *stack.Stack, sp *rolloutv1.RolloutSpec) {
 
 func waitEnd(t *testing.T, s *stack.Stack, id string) *rolloutv1.RolloutStatus {
 	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(deadline) {
-		r, err := s.Rollouts().GetRollout(context.Background(), connect.NewRequest(&rolloutv1.GetRolloutRequest{Id: id}))
-		if err == nil {
-			st := r.Msg.GetRollout().GetStatus()
-			switch st.GetPhase() {
-			case rolloutv1.Phase_PHASE_SUCCEEDED, rolloutv1.Phase_PHASE_ABORTED, rolloutv1.Phase_PHASE_FAILED:
-				return st
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("rollout %s did not end", id)
-	return nil
+	return e2etest.WaitEnd(t, s, id, 90*time.Second).GetStatus()
 }
 
 func TestAgentRunRevisionsBlueGreenCrashAndUndo(t *testing.T) {

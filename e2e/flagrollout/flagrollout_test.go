@@ -24,6 +24,7 @@ import (
 
 	"github.com/sluicehq/sluice/devstack/stack"
 	"github.com/sluicehq/sluice/devstack/traffic"
+	"github.com/sluicehq/sluice/e2e/internal/e2etest"
 	flagv1 "github.com/sluicehq/sluice/proto/gen/sluice/flag/v1"
 	"github.com/sluicehq/sluice/proto/gen/sluice/flag/v1/flagv1connect"
 	rolloutv1 "github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1"
@@ -41,31 +42,14 @@ const (
 
 func startStack(t *testing.T) *stack.Stack {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("end-to-end test: runs without -short")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	s, err := stack.Start(ctx, stack.Config{
-		Dir: t.TempDir(), Analysis: true,
+	return e2etest.StartStack(t, stack.Config{
+		Analysis: true,
 		DemoFlags: []map[string]any{{
 			"key": flagKey, "environment": env, "targetingKey": map[string]string{"header": userHeader},
 		}},
 		// Whichever revision answers, requests served "on" fail at this rate.
 		FlagErrorRates: fmt.Sprintf("%s=on:%g", flagKey, stack.FaultyErrorRate),
-	})
-	if err != nil {
-		t.Fatalf("start stack: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, c := range []string{"api", "worker", "analysis-worker", "agent-1"} {
-				t.Logf("--- %s log tail ---\n%s", c, s.LogTail(c, 20))
-			}
-		}
-		s.Stop()
-	})
-	return s
+	}, "api", "worker", "analysis-worker", "agent-1")
 }
 
 // tally counts, at the client, which variant the app says each request was
@@ -188,25 +172,6 @@ func flagRolloutSpec(id string) *rolloutv1.RolloutSpec {
 	}
 }
 
-func waitEnd(t *testing.T, s *stack.Stack, id string, timeout time.Duration) *rolloutv1.Rollout {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last *rolloutv1.Rollout
-	for time.Now().Before(deadline) {
-		r, err := s.Rollouts().GetRollout(context.Background(), connect.NewRequest(&rolloutv1.GetRolloutRequest{Id: id}))
-		if err == nil {
-			last = r.Msg.GetRollout()
-			switch last.GetStatus().GetPhase() {
-			case rolloutv1.Phase_PHASE_SUCCEEDED, rolloutv1.Phase_PHASE_ABORTED, rolloutv1.Phase_PHASE_FAILED:
-				return last
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("rollout %s did not end within %s; last status %v", id, timeout, last.GetStatus())
-	return nil
-}
-
 // TestFaultyVariantIsDialedBackAutomatically releases a variant that fails
 // a quarter of the requests it serves: the analysis worker, reading the
 // agents' per-variant counts, fails the run, and the workflow restores the
@@ -244,7 +209,7 @@ func TestFaultyVariantIsDialedBackAutomatically(t *testing.T) {
 	if _, err := s.Rollouts().CreateRollout(ctx, connect.NewRequest(&rolloutv1.CreateRolloutRequest{Spec: flagRolloutSpec("checkout-on")})); err != nil {
 		t.Fatal(err)
 	}
-	r := waitEnd(t, s, "checkout-on", 90*time.Second)
+	r := e2etest.WaitEnd(t, s, "checkout-on", 90*time.Second)
 	st := r.GetStatus()
 	if st.GetPhase() != rolloutv1.Phase_PHASE_ABORTED || st.GetAbortedBy() != "analysis" {
 		t.Fatalf("faulty variant's rollout ended %s by %q: %s", st.GetPhase(), st.GetAbortedBy(), st.GetMessage())

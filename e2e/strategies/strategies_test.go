@@ -15,29 +15,13 @@ import (
 
 	"github.com/sluicehq/sluice/devstack/stack"
 	"github.com/sluicehq/sluice/devstack/traffic"
+	"github.com/sluicehq/sluice/e2e/internal/e2etest"
 	rolloutv1 "github.com/sluicehq/sluice/proto/gen/sluice/rollout/v1"
 )
 
 func startStack(t *testing.T, agents int) *stack.Stack {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("end-to-end test: runs without -short")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	s, err := stack.Start(ctx, stack.Config{Dir: t.TempDir(), Agents: agents})
-	if err != nil {
-		t.Fatalf("start stack: %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, c := range []string{"api", "worker", "agent-1"} {
-				t.Logf("--- %s log tail ---\n%s", c, s.LogTail(c, 15))
-			}
-		}
-		s.Stop()
-	})
-	return s
+	return e2etest.StartStack(t, stack.Config{Agents: agents}, "api", "worker", "agent-1")
 }
 
 // prober hits every agent every interval and records, per agent, the
