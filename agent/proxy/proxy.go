@@ -52,7 +52,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	gosync "sync"
 	"sync/atomic"
 	"time"
@@ -382,9 +381,9 @@ func (pl *pool) setTargets(addrs []string) error {
 
 // copyBuffers lends ReverseProxy its 32 KiB body copy buffers, which it
 // would otherwise allocate for every response.
-var copyBuffers httputil.BufferPool = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+var copyBuffers httputil.BufferPool = &bufferPool{p: gosync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
 
-type bufferPool struct{ p sync.Pool }
+type bufferPool struct{ p gosync.Pool }
 
 func (bp *bufferPool) Get() []byte  { return *bp.p.Get().(*[]byte) }
 func (bp *bufferPool) Put(b []byte) { bp.p.Put(&b) }
