@@ -6,7 +6,8 @@
 // SLUICE_METRICS (EnsureStream). An Ingester reads the stream with the
 // durable pull consumer "sluice-ingest". One goroutine fetches and decodes
 // up to Config.MaxBatch messages (or Config.MaxRows rows, or whatever
-// arrived within Config.MaxWait of the first message) while a second one
+// arrived within Config.MaxWait of the first message, or until no message
+// came for Config.MaxIdle) while a second one
 // inserts the previous fetch's rows with one InsertRows call and then, only
 // if that insert succeeded, acknowledges its messages and reports each batch
 // to OnInserted.
@@ -91,6 +92,11 @@ type Config struct {
 	// one arrived; default 100 ms. It bounds the time a batch waits to be
 	// inserted when traffic is light.
 	MaxWait time.Duration
+	// MaxIdle hands a batch over before MaxWait when no message has
+	// arrived for this long (the agents' messages of one second arrive
+	// together, so a lull means the second is in); default 10 ms. Under a
+	// steady stream it never fires and batches still grow to MaxWait.
+	MaxIdle time.Duration
 	// AckWait is how long a delivered message may stay unacknowledged
 	// before JetStream redelivers it; default 30 s. It must exceed the
 	// slowest insert plus MaxWait.
@@ -120,6 +126,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxWait <= 0 {
 		c.MaxWait = 100 * time.Millisecond
+	}
+	if c.MaxIdle <= 0 {
+		c.MaxIdle = 10 * time.Millisecond
 	}
 	if c.AckWait <= 0 {
 		c.AckWait = 30 * time.Second
@@ -322,7 +331,8 @@ var errConsumeStopped = errors.New("consuming stopped")
 
 // fill decodes messages from msgs into b and hands b over on full: at once
 // when it holds MaxBatch messages or MaxRows rows; after MaxWait from its
-// first message as soon as full takes it, taking more messages meanwhile.
+// first message, or MaxIdle without a message, as soon as full takes it,
+// taking more messages meanwhile.
 // Poison messages are terminated as they come. On error b keeps what it
 // has and has not been handed over.
 func (in *Ingester) fill(ctx context.Context, msgs <-chan jetstream.Msg, closed <-chan struct{}, b *batch, full chan<- *batch) error {
@@ -336,11 +346,18 @@ func (in *Ingester) fill(ctx context.Context, msgs <-chan jetstream.Msg, closed 
 	}
 	wait := time.NewTimer(in.cfg.MaxWait)
 	defer wait.Stop()
-	var handOver chan<- *batch // nil, which never sends, until MaxWait is up
+	idle := time.NewTimer(in.cfg.MaxIdle)
+	defer idle.Stop()
+	var handOver chan<- *batch // nil, which never sends, until MaxWait is up or a lull
 	for len(b.msgs) < in.cfg.MaxBatch && len(b.rows) < in.cfg.MaxRows {
 		select {
 		case m := <-msgs:
 			in.add(b, m)
+			if handOver == nil {
+				idle.Reset(in.cfg.MaxIdle)
+			}
+		case <-idle.C:
+			handOver = full
 		case <-wait.C:
 			handOver = full
 		case handOver <- b:
