@@ -7,7 +7,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -19,7 +18,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
 	"golang.org/x/sync/errgroup"
@@ -69,15 +67,11 @@ func run() error {
 		return fmt.Errorf("migrate ClickHouse schema: %w", err)
 	}
 
-	nc, err := nats.Connect(*natsURL, nats.Name("sluice-analysis-worker"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	nc, js, err := ops.ConnectNATS(*natsURL, "sluice-analysis-worker")
 	if err != nil {
-		return fmt.Errorf("connect to NATS: %w", err)
+		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("open JetStream: %w", err)
-	}
 	var st *store.Store
 	if err := ops.UntilReady(ctx, log, "open NATS buckets and stream", func(ctx context.Context) (err error) {
 		if st, err = store.Open(ctx, js); err != nil {
@@ -113,12 +107,7 @@ func run() error {
 
 	mux := http.NewServeMux()
 	ops.Mount(mux, reg, map[string]ops.Check{
-		"nats": func(context.Context) error {
-			if !nc.IsConnected() {
-				return errors.New("not connected")
-			}
-			return nil
-		},
+		"nats": ops.NATSCheck(nc),
 		"clickhouse": ch.Ping,
 	})
 	ln, err := net.Listen("tcp", *httpAddr)

@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -19,7 +18,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
 
@@ -53,15 +51,11 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	nc, err := nats.Connect(*natsURL, nats.Name("sluice-api"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	nc, js, err := ops.ConnectNATS(*natsURL, "sluice-api")
 	if err != nil {
-		return fmt.Errorf("connect to NATS: %w", err)
+		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("open JetStream: %w", err)
-	}
 	var st *store.Store
 	var flags *flagstore.Store
 	var arts *artifact.Store
@@ -105,12 +99,7 @@ func run() error {
 	if err := api.Mount(mux, rh, &api.FleetHandler{Agents: st}, api.WithFlags(&api.FlagHandler{Flags: flags, Log: log}), api.WithArtifacts(&api.ArtifactHandler{Artifacts: arts})); err != nil {
 		return err
 	}
-	checks["nats"] = func(context.Context) error {
-		if !nc.IsConnected() {
-			return errors.New("not connected")
-		}
-		return nil
-	}
+	checks["nats"] = ops.NATSCheck(nc)
 	checks["temporal"] = func(ctx context.Context) error {
 		_, err := tc.CheckHealth(ctx, &client.CheckHealthRequest{})
 		return err

@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -19,7 +18,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.temporal.io/sdk/client"
 	tlog "go.temporal.io/sdk/log"
 	"go.temporal.io/sdk/worker"
@@ -50,15 +48,11 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	nc, err := nats.Connect(*natsURL, nats.Name("sluice-worker"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	nc, js, err := ops.ConnectNATS(*natsURL, "sluice-worker")
 	if err != nil {
-		return fmt.Errorf("connect to NATS: %w", err)
+		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("open JetStream: %w", err)
-	}
 	var st *store.Store
 	var flags *flagstore.Store
 	if err := ops.UntilReady(ctx, log, "open NATS buckets", func(ctx context.Context) (err error) {
@@ -84,12 +78,7 @@ func run() error {
 	reg := ops.Registry()
 	mux := http.NewServeMux()
 	ops.Mount(mux, reg, map[string]ops.Check{
-		"nats": func(context.Context) error {
-			if !nc.IsConnected() {
-				return errors.New("not connected")
-			}
-			return nil
-		},
+		"nats": ops.NATSCheck(nc),
 		"temporal": func(ctx context.Context) error {
 			_, err := tc.CheckHealth(ctx, &client.CheckHealthRequest{})
 			return err
