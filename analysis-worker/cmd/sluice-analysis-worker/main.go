@@ -107,7 +107,7 @@ func run() error {
 
 	mux := http.NewServeMux()
 	ops.Mount(mux, reg, map[string]ops.Check{
-		"nats": ops.NATSCheck(nc),
+		"nats":       ops.NATSCheck(nc),
 		"clickhouse": ch.Ping,
 	})
 	ln, err := net.Listen("tcp", *httpAddr)
