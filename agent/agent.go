@@ -201,7 +201,7 @@ func New(cfg config.Config, o Options) (*Agent, error) {
 		}
 	}
 	if envs := cfg.FlagEnvironments(); len(envs) > 0 {
-		a.flags = flagvariant.New(envs, flagvariant.Options{Logger: log})
+		a.flags = flagvariant.New(envs, flagvariant.Options{Logger: log, CacheDir: cfg.StateDir})
 	}
 	tr := proxy.NewTransport()
 	var services []sync.Service

@@ -7,8 +7,9 @@
 // evaluating takes no lock. Run feeds it: it opens the flag store (retrying
 // while NATS is away) and runs one watch per environment, started again
 // with a backoff whenever it ends. The last snapshot stays in use while
-// NATS is away; before the first snapshot of an environment arrives, its
-// flags serve no variant.
+// NATS is away, and with Options.CacheDir it is kept on disk, so a restart
+// while NATS is away starts from it; before any snapshot of an environment
+// is known, its flags serve no variant.
 //
 // A Flag is one configured flag: its key, environment, the request header
 // or cookie holding the targeting key, and the header that carries the
@@ -62,6 +63,10 @@ type Options struct {
 	// MinBackoff and MaxBackoff bound the doubling wait between attempts;
 	// zero means DefaultMinBackoff and DefaultMaxBackoff.
 	MinBackoff, MaxBackoff time.Duration
+	// CacheDir, when set, keeps each environment's last snapshot in
+	// flags-<env>.json there, and Run starts from those files, so an
+	// agent restarted while NATS is away serves the variants it served.
+	CacheDir string
 }
 
 // Evaluators holds the latest evaluator of each followed environment. It is
@@ -70,6 +75,7 @@ type Evaluators struct {
 	envs     map[string]*environment // fixed by New
 	log      *slog.Logger
 	min, max time.Duration
+	cacheDir string
 }
 
 // environment is one followed environment.
@@ -87,7 +93,7 @@ type compiled struct {
 // New returns Evaluators following envs (duplicates are ignored). Nothing
 // is evaluated until Run delivers snapshots.
 func New(envs []string, o Options) *Evaluators {
-	e := &Evaluators{envs: map[string]*environment{}, log: o.Logger, min: o.MinBackoff, max: o.MaxBackoff}
+	e := &Evaluators{envs: map[string]*environment{}, log: o.Logger, min: o.MinBackoff, max: o.MaxBackoff, cacheDir: o.CacheDir}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
@@ -137,6 +143,10 @@ func (e *Evaluators) Set(snap source.Snapshot) {
 	if en == nil || snap.Set == nil {
 		return
 	}
+	e.set(en, snap)
+}
+
+func (e *Evaluators) set(en *environment, snap source.Snapshot) {
 	en.cur.Store(&compiled{ev: eval.New(snap.Set), revision: snap.Revision})
 }
 
@@ -150,6 +160,7 @@ func (e *Evaluators) Run(ctx context.Context, open Opener) {
 	if len(e.envs) == 0 {
 		return
 	}
+	e.loadCache()
 	var w Watcher
 	for attempt := 0; ; attempt++ {
 		var err error
@@ -182,6 +193,7 @@ func (e *Evaluators) follow(ctx context.Context, w Watcher, en *environment) {
 			}
 			if snap.Environment == en.name {
 				e.Set(snap)
+				e.writeCache(snap)
 				delivered = true
 				e.log.Debug("flag variants: snapshot in service", "environment", en.name, "revision", snap.Revision)
 			}
