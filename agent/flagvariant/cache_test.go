@@ -52,7 +52,9 @@ func TestCacheServesAfterARestartWithoutNATS(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		first.Run(runCtx, func(ctx context.Context) (flagvariant.Watcher, error) { return store.OpenReadOnly(js, store.Options{}), nil })
+		first.Run(runCtx, func(ctx context.Context) (flagvariant.Watcher, error) {
+			return store.OpenReadOnly(js, store.Options{}), nil
+		})
 	}()
 	f1, err := first.Flag(spec)
 	if err != nil {
