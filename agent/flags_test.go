@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/sluicehq/sluice/agent/config"
 	"github.com/sluicehq/sluice/agent/publish"
 	"github.com/sluicehq/sluice/core/bus"
@@ -74,15 +71,7 @@ func TestAgentFlagVariants(t *testing.T) {
 	}
 
 	srv := devnats.StartTB(t, devnats.Options{Port: port})
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := devnats.ConnectTB(t, srv.ClientURL())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	st, err := store.Open(ctx, js, store.Options{})

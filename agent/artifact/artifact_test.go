@@ -12,9 +12,6 @@ import (
 	gosync "sync"
 	"testing"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/sluicehq/sluice/agent/artifact"
 	"github.com/sluicehq/sluice/agent/internal/testapp"
 	devnats "github.com/sluicehq/sluice/devstack/nats"
@@ -248,15 +245,7 @@ func TestInvalidDigest(t *testing.T) {
 
 func TestStoreOnNATS(t *testing.T) {
 	srv := devnats.StartTB(t, devnats.Options{})
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := devnats.ConnectTB(t, srv.ClientURL())
 	st := artifact.NewStore(js)
 	ctx := context.Background()
 	data := []byte("#!/bin/sh\n")

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/open-feature/go-sdk/openfeature"
 
 	natsdev "github.com/sluicehq/sluice/devstack/nats"
@@ -18,15 +17,7 @@ import (
 func openStore(t testing.TB) *store.Store {
 	t.Helper()
 	srv := natsdev.StartTB(t, natsdev.Options{})
-	nc, err := nats.Connect(srv.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatalf("connect to NATS: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natsdev.ConnectTB(t, srv.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	st, err := store.Open(ctxT(t), js, store.Options{})
 	if err != nil {
 		t.Fatalf("open store: %v", err)

@@ -38,15 +38,7 @@ func newFixture(t testing.TB) *fixture {
 // connect opens a client connection and a store on it.
 func (f *fixture) connect(t testing.TB) {
 	t.Helper()
-	nc, err := nats.Connect(f.srv.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatalf("connect to NATS: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natsdev.ConnectTB(t, f.srv.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	st, err := store.Open(ctxT(t), js, store.Options{})
 	if err != nil {
 		t.Fatalf("open store: %v", err)

@@ -16,8 +16,6 @@ import (
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpcreflect"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	corerollout "github.com/sluicehq/sluice/core/rollout"
@@ -32,15 +30,7 @@ import (
 func newArtifactServer(t *testing.T, o artifact.Options) *httptest.Server {
 	t.Helper()
 	ns := natsdev.StartTB(t, natsdev.Options{})
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natsdev.ConnectTB(t, ns.ClientURL())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := artifact.Open(ctx, js, o)

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/core/bus"
@@ -59,15 +58,7 @@ func tarGz(t testing.TB, entries ...entry) []byte {
 func open(t testing.TB, o artifact.Options) (*artifact.Store, jetstream.JetStream) {
 	t.Helper()
 	srv := devnats.StartTB(t, devnats.Options{})
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := devnats.ConnectTB(t, srv.ClientURL())
 	st, err := artifact.Open(context.Background(), js, o)
 	if err != nil {
 		t.Fatal(err)

@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/core/bus"
@@ -30,15 +29,7 @@ import (
 func newArtifactServer(t *testing.T) (*testServer, jetstream.ObjectStore) {
 	t.Helper()
 	ns := natsdev.StartTB(t, natsdev.Options{})
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natsdev.ConnectTB(t, ns.ClientURL())
 	ctx := context.Background()
 	st, err := artifact.Open(ctx, js, artifact.Options{Now: func() time.Time { return testNow.Add(-time.Minute) }})
 	if err != nil {

@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	corerollout "github.com/sluicehq/sluice/core/rollout"
 	natsdev "github.com/sluicehq/sluice/devstack/nats"
 	flagstore "github.com/sluicehq/sluice/flags/store"
@@ -25,15 +22,7 @@ import (
 func newFlagTestServer(t *testing.T) (*testServer, *flagstore.Store) {
 	t.Helper()
 	ns := natsdev.StartTB(t, natsdev.Options{})
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natsdev.ConnectTB(t, ns.ClientURL())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := flagstore.Open(ctx, js, flagstore.Options{})

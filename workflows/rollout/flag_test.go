@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/mock"
 	"go.temporal.io/sdk/testsuite"
 
@@ -26,15 +24,7 @@ const checkoutFlag = `{"state":"ENABLED","variants":{"on":true,"off":false},"def
 func flagFixture(t *testing.T) *flagstore.Store {
 	t.Helper()
 	srv := natsdev.StartTB(t, natsdev.Options{})
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := natsdev.ConnectTB(t, srv.ClientURL())
 	ctx := context.Background()
 	fs, err := flagstore.Open(ctx, js, flagstore.Options{})
 	if err != nil {
