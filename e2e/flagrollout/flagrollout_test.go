@@ -100,9 +100,22 @@ func request(ctx context.Context, c *http.Client, url, user string) (variant str
 	return resp.Header.Get(variantHeader), resp.StatusCode, nil
 }
 
-// generate sends rps requests per second from a population of users across
-// the agents until stop is called.
-func generate(s *stack.Stack, rps int, tl *tally) (stop func()) {
+// getter sends one request for user to url and returns the variant the app
+// said it was served ("" for none).
+type getter func(ctx context.Context, c *http.Client, url, user string) (variant string, status int, err error)
+
+// agentURLs are the proxies of every agent of s.
+func agentURLs(s *stack.Stack) []string {
+	var out []string
+	for _, a := range s.Agents {
+		out = append(out, a.URL())
+	}
+	return out
+}
+
+// generate sends rps requests per second from a population of 5,000 users,
+// round-robin over urls, with get, until stop is called.
+func generate(urls []string, rps int, tl *tally, get getter) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := traffic.Client()
 	var wg sync.WaitGroup
@@ -125,13 +138,13 @@ func generate(s *stack.Stack, rps int, tl *tally) (stop func()) {
 				continue // saturated: skip rather than queue
 			}
 			n := i.Add(1)
-			url := s.Agents[int(n)%len(s.Agents)].URL()
+			url := urls[int(n)%len(urls)]
 			user := "user-" + strconv.Itoa(rand.IntN(5000))
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				defer func() { <-sem }()
-				v, code, err := request(ctx, c, url, user)
+				v, code, err := get(ctx, c, url, user)
 				if ctx.Err() != nil || err != nil {
 					return
 				}
@@ -188,7 +201,7 @@ func TestFaultyVariantIsDialedBackAutomatically(t *testing.T) {
 		t.Fatal(err)
 	}
 	tl := newTally()
-	stop := generate(s, 200, tl)
+	stop := generate(agentURLs(s), 200, tl, request)
 	defer stop()
 
 	// Before the rollout, once the agents have the flag, every request is

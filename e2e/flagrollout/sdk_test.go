@@ -7,9 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -89,45 +87,22 @@ func TestSDKHookVariantIsDialedBack(t *testing.T) {
 	})
 
 	// 200 requests/s from 5,000 users, counted by the variant the app said.
-	var mu sync.Mutex
-	served := map[string]int{}
-	var wg sync.WaitGroup
-	gctx, stopGen := context.WithCancel(ctx)
-	defer func() { stopGen(); wg.Wait() }()
-	wg.Go(func() {
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		c := traffic.Client()
-		for {
-			select {
-			case <-gctx.Done():
-				return
-			case <-tick.C:
-			}
-			wg.Go(func() {
-				req, _ := http.NewRequestWithContext(gctx, http.MethodGet, app.URL, nil)
-				req.Header.Set(userHeader, "user-"+strconv.Itoa(rand.IntN(5000)))
-				resp, err := c.Do(req)
-				if err != nil {
-					return
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				mu.Lock()
-				served[resp.Header.Get(variantHeader)]++
-				mu.Unlock()
-			})
+	tl := newTally()
+	stop := generate([]string{app.URL}, 200, tl, func(ctx context.Context, c *http.Client, url, user string) (string, int, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return "", 0, err
 		}
+		req.Header.Set(userHeader, user)
+		resp, err := c.Do(req)
+		if err != nil {
+			return "", 0, err
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.Header.Get(variantHeader), resp.StatusCode, nil
 	})
-	count := func() map[string]int {
-		mu.Lock()
-		defer mu.Unlock()
-		out := map[string]int{}
-		for k, v := range served {
-			out[k] = v
-		}
-		return out
-	}
+	defer stop()
 	time.Sleep(2 * time.Second) // a baseline of "off" rows
 
 	spec := flagRolloutSpec("shop-on")
@@ -139,7 +114,7 @@ func TestSDKHookVariantIsDialedBack(t *testing.T) {
 	if st.GetPhase() != rolloutv1.Phase_PHASE_ABORTED || st.GetAbortedBy() != "analysis" || !strings.Contains(st.GetReason(), "error rate") {
 		t.Fatalf("the SDK-measured rollout ended %s by %q: %s", st.GetPhase(), st.GetAbortedBy(), st.GetReason())
 	}
-	during := count()
+	during, _ := tl.snapshot()
 	if during["on"] == 0 {
 		t.Fatalf("the app never served the variant (%v)", during)
 	}
@@ -150,13 +125,13 @@ func TestSDKHookVariantIsDialedBack(t *testing.T) {
 		d, err := client.BooleanValueDetails(ctx, flagKey, false, openfeature.NewEvaluationContext("probe", nil))
 		return err == nil && d.Variant == "off" && d.Reason == openfeature.StaticReason
 	})
-	before := count()
+	before, _ := tl.snapshot()
 	time.Sleep(2 * time.Second)
-	after := count()
-	if n := after["on"] - before["on"]; n > 0 {
-		t.Fatalf("%d requests served the variant after it was dialed back", n)
+	after := diff(tl, before)
+	if after["on"] > 0 {
+		t.Fatalf("%d requests served the variant after it was dialed back", after["on"])
 	}
-	if after["off"]-before["off"] < 100 {
-		t.Fatalf("only %d requests in 2 s after the dial-back: traffic stalled", after["off"]-before["off"])
+	if after["off"] < 100 {
+		t.Fatalf("only %d requests in 2 s after the dial-back: traffic stalled", after["off"])
 	}
 }
