@@ -19,7 +19,10 @@ func flagRolloutSpec(id string, f *rolloutv1.FlagStrategy) *rolloutv1.RolloutSpe
 	return &rolloutv1.RolloutSpec{Id: id, Service: "demo", Strategy: &rolloutv1.Strategy{Strategy: &rolloutv1.Strategy_Flag{Flag: f}}}
 }
 
-func TestCreateFlagRolloutFillsControlAndRevisions(t *testing.T) {
+// flagRolloutClient serves the API over a flag store holding the flag
+// new-checkout (on/off, default off) in environment prod.
+func flagRolloutClient(t *testing.T) rolloutv1connect.RolloutServiceClient {
+	t.Helper()
 	srv, st := newFlagServer(t)
 	ctx := context.Background()
 	if _, _, err := st.CreateEnvironment(ctx, flagstore.Environment{Name: "prod", CreatedBy: "alice"}); err != nil {
@@ -28,7 +31,12 @@ func TestCreateFlagRolloutFillsControlAndRevisions(t *testing.T) {
 	if _, err := st.CreateFlag(ctx, "prod", "new-checkout", []byte(offFlag), flagstore.Write{Actor: "alice"}); err != nil {
 		t.Fatal(err)
 	}
-	c := rolloutv1connect.NewRolloutServiceClient(srv.Client(), srv.URL)
+	return rolloutv1connect.NewRolloutServiceClient(srv.Client(), srv.URL)
+}
+
+func TestCreateFlagRolloutFillsControlAndRevisions(t *testing.T) {
+	c := flagRolloutClient(t)
+	ctx := context.Background()
 	res, err := c.CreateRollout(ctx, connect.NewRequest(&rolloutv1.CreateRolloutRequest{Spec: flagRolloutSpec("f1",
 		&rolloutv1.FlagStrategy{Environment: "prod", FlagKey: "new-checkout", Variant: "on"})}))
 	if err != nil {
@@ -55,15 +63,8 @@ func TestCreateFlagRolloutFillsControlAndRevisions(t *testing.T) {
 }
 
 func TestCreateFlagRolloutRefusesWhatDoesNotFitTheFlag(t *testing.T) {
-	srv, st := newFlagServer(t)
+	c := flagRolloutClient(t)
 	ctx := context.Background()
-	if _, _, err := st.CreateEnvironment(ctx, flagstore.Environment{Name: "prod", CreatedBy: "alice"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.CreateFlag(ctx, "prod", "new-checkout", []byte(offFlag), flagstore.Write{Actor: "alice"}); err != nil {
-		t.Fatal(err)
-	}
-	c := rolloutv1connect.NewRolloutServiceClient(srv.Client(), srv.URL)
 	for _, tc := range []struct {
 		name string
 		f    *rolloutv1.FlagStrategy
