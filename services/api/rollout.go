@@ -42,14 +42,15 @@ type Workflows interface {
 
 // ActiveError says a service (or flag) already has a running rollout.
 type ActiveError struct {
-	// Service is the rollout key (corerollout.Spec.Key).
-	Service   string
+	// Key is what the running rollout changes (corerollout.Spec.Key): a
+	// service, or flag/<env>/<key>.
+	Key       string
 	RolloutID string
 	SpecHash  string
 }
 
 func (e *ActiveError) Error() string {
-	return fmt.Sprintf("%s already has an active rollout %s", e.Service, e.RolloutID)
+	return fmt.Sprintf("%s already has an active rollout %s", e.Key, e.RolloutID)
 }
 
 // RefusedError is a control request the rollout's state does not allow.

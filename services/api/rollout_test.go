@@ -92,7 +92,7 @@ func (w *memWorkflows) Start(_ context.Context, spec corerollout.Spec) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if cur, ok := w.active[spec.Key()]; ok {
-		return &ActiveError{Service: spec.Key(), RolloutID: cur.ID, SpecHash: cur.Hash()}
+		return &ActiveError{Key: spec.Key(), RolloutID: cur.ID, SpecHash: cur.Hash()}
 	}
 	w.active[spec.Key()] = spec
 	return nil

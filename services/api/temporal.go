@@ -53,7 +53,7 @@ func (t *TemporalWorkflows) active(ctx context.Context, key string) error {
 	if err != nil {
 		return fmt.Errorf("describe active workflow of %s: %w", key, err)
 	}
-	ae := &ActiveError{Service: key}
+	ae := &ActiveError{Key: key}
 	fields := desc.GetWorkflowExecutionInfo().GetMemo().GetFields()
 	dc := converter.GetDefaultDataConverter()
 	if p, ok := fields[wfrollout.MemoRolloutID]; ok {

@@ -124,10 +124,10 @@ type fakeWorkflows struct {
 func (w *fakeWorkflows) Start(_ context.Context, spec corerollout.Spec) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if cur, ok := w.active[spec.Service]; ok {
-		return &api.ActiveError{Service: spec.Service, RolloutID: cur.ID, SpecHash: cur.Hash()}
+	if cur, ok := w.active[spec.Key()]; ok {
+		return &api.ActiveError{Key: spec.Key(), RolloutID: cur.ID, SpecHash: cur.Hash()}
 	}
-	w.active[spec.Service] = spec
+	w.active[spec.Key()] = spec
 	return nil
 }
 
